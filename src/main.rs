@@ -1,0 +1,213 @@
+//! `quring`: the command-line front end.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use crossbeam_channel::{never, select, tick, unbounded};
+use quring::stats::StatsSnapshot;
+use quring::tls::{Identity, SELF_SIGNED_NAMES};
+use quring::{Error, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "quring",
+    version,
+    about = "QUIC server on io_uring, one pinned shard per core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve QUIC with the built-in apps.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; repeat for several. `[::]:PORT` serves IPv4 and IPv6.
+    #[arg(long, value_name = "ADDR", default_value = quring::DEFAULT_LISTEN)]
+    listen: Vec<SocketAddr>,
+    /// Number of shards (threads) [default: usable cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    shards: Option<u16>,
+    /// Don't pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Apps to serve, chosen per connection by ALPN (comma-separated).
+    #[arg(long, value_name = "APP", value_delimiter = ',', default_value = "echo",
+          value_parser = clap::builder::PossibleValuesParser::new(quring::apps::NAMES))]
+    app: Vec<String>,
+    /// PEM certificate chain [default: a fresh self-signed certificate].
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Write the certificate in use as PEM, for clients to trust.
+    #[arg(long, value_name = "PATH")]
+    cert_out: Option<PathBuf>,
+    /// Print per-shard counters every SECS (0: only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_secs)]
+    stats_interval: f64,
+    /// On SIGINT/SIGTERM, wait this long for connections to close.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_secs)]
+    drain_timeout: f64,
+    /// Close connections idle for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
+    idle_timeout: f64,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("quring: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+        _ => Identity::self_signed()?,
+    };
+    let self_signed = args.cert.is_none();
+    let mut builder = Server::builder()
+        .pin(!args.no_pin)
+        .identity(identity)
+        .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+        .idle_timeout(Duration::from_secs_f64(args.idle_timeout.max(0.001)));
+    for addr in &args.listen {
+        builder = builder.listen(*addr);
+    }
+    if let Some(n) = args.shards {
+        builder = builder.shards(usize::from(n));
+    }
+    for name in &args.app {
+        let app = quring::apps::by_name(name)
+            .ok_or_else(|| Error::Config(format!("--app: unknown app '{name}'")))?;
+        builder = builder.app(app);
+    }
+    // Signals are taken before the shards start, so one arriving during start-up is not lost.
+    let (signal_tx, signals) = unbounded();
+    let mut hook = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Error::Config(format!("installing signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("quring-signals".into())
+        .spawn(move || {
+            if let Some(signal) = hook.forever().next() {
+                let _ = signal_tx.send(signal);
+            }
+        })
+        .map_err(|e| Error::Config(format!("starting the signal thread: {e}")))?;
+
+    let server = builder.start()?;
+    if let Some(path) = &args.cert_out {
+        std::fs::write(path, &server.identity().cert_pem)
+            .map_err(|e| Error::File(path.clone(), e.to_string()))?;
+    }
+    println!(
+        "quring: certificate {}sha256 {}",
+        if self_signed {
+            format!("self-signed for {}, ", SELF_SIGNED_NAMES.join(", "))
+        } else {
+            String::new()
+        },
+        server.identity().fingerprint()
+    );
+    println!("{}", startup_line(&server, !args.no_pin));
+
+    let ticker = if args.stats_interval > 0.0 {
+        tick(Duration::from_secs_f64(args.stats_interval))
+    } else {
+        never()
+    };
+    let code = loop {
+        select! {
+            recv(signals) -> _ => break ExitCode::SUCCESS,
+            recv(ticker) -> _ => print_stats(&server.stats()),
+            recv(server.shard_exited()) -> index => {
+                eprintln!("quring: error: shard {} stopped unexpectedly; shutting down", index.unwrap_or(0));
+                break ExitCode::FAILURE;
+            }
+        }
+    };
+    let stats = server.stats();
+    let result = server.shutdown();
+    print_stats(&stats);
+    match result {
+        Ok(()) => Ok(code),
+        Err(e) => {
+            eprintln!("quring: error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn startup_line(server: &Server, pinned: bool) -> String {
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let o = server.offloads();
+    let mut features = vec!["multishot-recvmsg"];
+    for (on, name) in [
+        (o.gro, "GRO"),
+        (o.gso, "GSO"),
+        (o.ecn, "ECN"),
+        (o.pktinfo, "PKTINFO"),
+    ] {
+        if on {
+            features.push(name);
+        }
+    }
+    let alpns: Vec<String> = server
+        .alpns()
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    format!(
+        "quring: listening on {} | shards {}{} | datapath io_uring: {} | alpn {}",
+        addrs.join(", "),
+        server.shard_count(),
+        if pinned { " (pinned)" } else { "" },
+        features.join(" "),
+        alpns.join(",")
+    )
+}
+
+fn print_stats(shards: &[StatsSnapshot]) {
+    let mut total = StatsSnapshot::default();
+    for (i, s) in shards.iter().enumerate() {
+        println!("stats shard={i} {s}");
+        total = total.merge(s);
+    }
+    println!("stats total {total}");
+}

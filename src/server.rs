@@ -1,0 +1,348 @@
+//! Starting, observing and stopping a server: the shards, their sockets and threads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rustls::pki_types::CertificateDer;
+
+use crate::app::AppFactory;
+use crate::datapath::{self, socket, Offloads, Waker};
+use crate::error::Error;
+use crate::shard::{Shard, ShardParams};
+use crate::stats::{ShardStats, StatsSnapshot};
+use crate::tls::{self, Identity};
+
+/// The address `quring serve` listens on without `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+
+/// How long a shard may take to build its ring and sockets before start-up fails.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Configures and starts a [`Server`].
+pub struct ServerBuilder {
+    listen: Vec<SocketAddr>,
+    shards: Option<usize>,
+    pin: bool,
+    apps: Vec<Arc<dyn AppFactory>>,
+    identity: Option<Identity>,
+    drain_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ServerBuilder {
+    /// Adds an address to listen on (IPv4, IPv6, or `[::]` for both). Port 0 picks a free
+    /// port, the same one for every shard. Without any, [`DEFAULT_LISTEN`].
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Number of shards (threads). Default: the cores this process may run on.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// Whether to pin shard `i` to the `i`-th usable core (default `true`).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// Serves `app` to connections that negotiate its ALPN protocol.
+    pub fn app(mut self, app: Arc<dyn AppFactory>) -> Self {
+        self.apps.push(app);
+        self
+    }
+
+    /// The certificate and key to present. Default: a fresh self-signed certificate.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// How long shutdown waits for connections to finish closing (default 2 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Connections silent for this long are closed (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Binds every socket, starts every shard, and returns once all serve.
+    pub fn start(self) -> Result<Server, Error> {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let shards = self.shards.unwrap_or(cores.len().max(1));
+        if shards == 0 || shards > 256 {
+            return Err(Error::Config(format!(
+                "--shards: {shards} is out of range (1 to 256)"
+            )));
+        }
+        if self.apps.is_empty() {
+            return Err(Error::Config("no app to serve".into()));
+        }
+        let alpns: Vec<Vec<u8>> = self.apps.iter().map(|a| a.alpn().to_vec()).collect();
+        for (i, alpn) in alpns.iter().enumerate() {
+            if alpns[..i].contains(alpn) {
+                return Err(Error::Config(format!(
+                    "two apps claim ALPN {:?}",
+                    String::from_utf8_lossy(alpn)
+                )));
+            }
+        }
+        datapath::probe().map_err(Error::IoUring)?;
+        let identity = match self.identity {
+            Some(identity) => identity,
+            None => Identity::self_signed()?,
+        };
+        let server_config = Arc::new(tls::server_config(
+            &identity,
+            alpns.clone(),
+            self.idle_timeout,
+        )?);
+        let endpoint_config = Arc::new(quinn_proto::EndpointConfig::default());
+
+        let requested = if self.listen.is_empty() {
+            vec![DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| Error::Config("bad default address".into()))?]
+        } else {
+            self.listen
+        };
+        let mut addrs = Vec::with_capacity(requested.len());
+        for addr in requested {
+            let concrete = socket::resolve_free(addr).map_err(|e| bind_error(addr, e))?;
+            if addrs.contains(&concrete) {
+                return Err(Error::Config(format!("--listen {addr} is given twice")));
+            }
+            addrs.push(concrete);
+        }
+        // Bind in shard order, address by address: shard i holds the i-th socket of each
+        // reuseport group.
+        let mut offloads = Offloads {
+            gro: true,
+            gso: true,
+            ecn: true,
+            pktinfo: true,
+        };
+        let mut per_shard: Vec<Vec<(socket2::Socket, bool)>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        for addr in &addrs {
+            for sockets in per_shard.iter_mut() {
+                let (s, o) = socket::bind_shard(*addr).map_err(|e| bind_error(*addr, e))?;
+                offloads = offloads.intersect(o);
+                sockets.push((s, addr.is_ipv6()));
+            }
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = bounded::<(usize, Result<(), String>)>(shards);
+        let (exit_tx, exit_rx) = bounded::<usize>(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for (index, sockets) in per_shard.into_iter().enumerate() {
+            let stats = Arc::new(ShardStats::default());
+            let waker = datapath::waker().map_err(|e| Error::Shard(index, e.to_string()))?;
+            let params = ShardParams {
+                index,
+                sockets,
+                offloads,
+                endpoint_config: endpoint_config.clone(),
+                server_config: server_config.clone(),
+                apps: self.apps.clone(),
+                stats: stats.clone(),
+                waker: waker.clone(),
+                stop: stop.clone(),
+                drain_timeout: self.drain_timeout,
+            };
+            let core = if self.pin && !cores.is_empty() {
+                Some(cores[index % cores.len()])
+            } else {
+                None
+            };
+            let ready = ready_tx.clone();
+            let exit = ExitNotice(index, exit_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("quring-shard-{index}"))
+                .spawn(move || {
+                    let _exit = exit;
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let shard = match Shard::new(params) {
+                        Ok(shard) => {
+                            let _ = ready.send((index, Ok(())));
+                            shard
+                        }
+                        Err(e) => {
+                            let msg = format!("starting the ring: {e}");
+                            let _ = ready.send((index, Err(msg.clone())));
+                            return Err(msg);
+                        }
+                    };
+                    shard.run().map_err(|e| format!("ring failed: {e}"))
+                })
+                .map_err(|e| Error::Shard(index, format!("spawning its thread: {e}")))?;
+            handles.push(ShardHandle {
+                thread: Some(thread),
+                waker,
+                stats,
+            });
+        }
+        drop(ready_tx);
+        let mut server = Server {
+            addrs,
+            shards: handles,
+            stop,
+            exited: exit_rx,
+            identity,
+            offloads,
+            alpns,
+        };
+        for _ in 0..shards {
+            match ready_rx.recv_timeout(START_TIMEOUT) {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(msg))) => {
+                    let _ = server.stop_and_join();
+                    return Err(Error::Shard(index, msg));
+                }
+                Err(_) => {
+                    let _ = server.stop_and_join();
+                    return Err(Error::Shard(0, "did not start in time".into()));
+                }
+            }
+        }
+        Ok(server)
+    }
+}
+
+fn bind_error(addr: SocketAddr, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        Error::AddressInUse(addr)
+    } else {
+        Error::Socket(addr, e)
+    }
+}
+
+/// Tells the server a shard thread ended, however it ended (panics included).
+struct ExitNotice(usize, Sender<usize>);
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.1.try_send(self.0);
+    }
+}
+
+struct ShardHandle {
+    thread: Option<JoinHandle<Result<(), String>>>,
+    waker: Waker,
+    stats: Arc<ShardStats>,
+}
+
+/// A running server: its shards serve until [`Server::shutdown`] (or drop).
+pub struct Server {
+    addrs: Vec<SocketAddr>,
+    shards: Vec<ShardHandle>,
+    stop: Arc<AtomicBool>,
+    exited: Receiver<usize>,
+    identity: Identity,
+    offloads: Offloads,
+    alpns: Vec<Vec<u8>>,
+}
+
+impl Server {
+    /// Starts configuring a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            listen: Vec::new(),
+            shards: None,
+            pin: true,
+            apps: Vec::new(),
+            identity: None,
+            drain_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The addresses served (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The leaf certificate presented to clients.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.identity.cert_chain[0]
+    }
+
+    /// The certificate and key in use.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Offloads every socket has.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// ALPN protocols served, one per app.
+    pub fn alpns(&self) -> &[Vec<u8>] {
+        &self.alpns
+    }
+
+    /// Current counters, one snapshot per shard.
+    pub fn stats(&self) -> Vec<StatsSnapshot> {
+        self.shards.iter().map(|s| s.stats.snapshot()).collect()
+    }
+
+    /// Receives a shard's index when its thread ends; before shutdown that means it failed.
+    pub fn shard_exited(&self) -> &Receiver<usize> {
+        &self.exited
+    }
+
+    /// Stops accepting, closes every connection with code 0 and reason
+    /// "server shutting down", waits for them to close (at most the drain timeout), and
+    /// joins the shards. Fails if a shard failed or panicked.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), Error> {
+        self.stop.store(true, Ordering::Release);
+        for shard in &self.shards {
+            shard.waker.wake();
+        }
+        let mut result = Ok(());
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            let Some(thread) = shard.thread.take() else {
+                continue;
+            };
+            let outcome = match thread.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(msg)) => Err(Error::Shard(index, msg)),
+                Err(_) => Err(Error::Shard(index, "panicked".into())),
+            };
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

@@ -1,0 +1,480 @@
+//! A shard: one thread that owns a set of sockets, an io_uring, a `quinn_proto::Endpoint`,
+//! the connections it accepted and one instance of each app. Nothing in it is shared with
+//! other shards except its counters (written only here) and its stop flag.
+//!
+//! The loop: wait on the ring (bounded by the earliest connection timer), feed each received
+//! datagram to the endpoint, let every connection that changed deliver its events to its
+//! app, then transmit what the connections have to send, until the send slots run out.
+
+mod timers;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent,
+    Transmit, VarInt,
+};
+use socket2::Socket;
+
+use crate::app::{App, AppFactory, Conn, ConnId};
+use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
+use crate::stats::ShardStats;
+use timers::Timers;
+
+/// Error code and reason of the close every connection gets at shutdown.
+pub const SHUTDOWN_CODE: VarInt = VarInt::from_u32(0);
+/// See [`SHUTDOWN_CODE`].
+pub const SHUTDOWN_REASON: &[u8] = b"server shutting down";
+/// Error code used when a connection negotiated an ALPN no app serves (cannot happen while
+/// the TLS configuration lists exactly the apps' protocols).
+const NO_APP_CODE: VarInt = VarInt::from_u32(0x1);
+
+/// Bytes the receive arena allocates at a time; received packets share it.
+const ARENA_CHUNK: usize = 256 * 1024;
+
+/// Everything a shard thread is started with.
+pub(crate) struct ShardParams {
+    pub index: usize,
+    /// The shard's sockets, one per listen address, and whether each is IPv6.
+    pub sockets: Vec<(Socket, bool)>,
+    pub offloads: Offloads,
+    pub endpoint_config: Arc<quinn_proto::EndpointConfig>,
+    pub server_config: Arc<quinn_proto::ServerConfig>,
+    pub apps: Vec<Arc<dyn AppFactory>>,
+    pub stats: Arc<ShardStats>,
+    pub waker: Waker,
+    pub stop: Arc<AtomicBool>,
+    pub drain_timeout: Duration,
+}
+
+struct Entry {
+    conn: quinn_proto::Connection,
+    id: ConnId,
+    /// Socket the connection arrived on; all its datagrams leave through it.
+    socket: usize,
+    /// Index of the app serving it, once the ALPN is known.
+    app: Option<usize>,
+    alpn: Vec<u8>,
+    /// The deadline the timer queue holds for it.
+    timer: Option<Instant>,
+    /// Queued in `dirty`.
+    dirty: bool,
+    /// The app was told it connected, so it must be told it closed.
+    announced: bool,
+    /// The app was told it closed.
+    closed: bool,
+}
+
+struct ServedApp {
+    alpn: Vec<u8>,
+    app: Box<dyn App>,
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    datapath: Datapath,
+    endpoint: Endpoint,
+    conns: Vec<Option<Entry>>,
+    open: usize,
+    next_seq: u64,
+    apps: Vec<ServedApp>,
+    timers: Timers,
+    /// Connections with events or data to process.
+    dirty: Vec<usize>,
+    /// Connections that had data to send when no send slot was free.
+    waiting_for_slot: Vec<usize>,
+    arena: BytesMut,
+    /// Buffer for the endpoint's stateless responses.
+    response: Vec<u8>,
+    stats: Arc<ShardStats>,
+    stop: Arc<AtomicBool>,
+    drain_timeout: Duration,
+}
+
+impl Shard {
+    /// Builds the shard on its own thread.
+    pub fn new(p: ShardParams) -> std::io::Result<Shard> {
+        let datapath = Datapath::new(p.sockets, p.offloads, &p.waker, p.stats.clone())?;
+        let endpoint = Endpoint::new(p.endpoint_config, Some(p.server_config), true, None);
+        let apps = p
+            .apps
+            .iter()
+            .map(|f| ServedApp {
+                alpn: f.alpn().to_vec(),
+                app: f.build(p.index),
+            })
+            .collect();
+        Ok(Shard {
+            index: p.index,
+            datapath,
+            endpoint,
+            conns: Vec::new(),
+            open: 0,
+            next_seq: 0,
+            apps,
+            timers: Timers::default(),
+            dirty: Vec::new(),
+            waiting_for_slot: Vec::new(),
+            arena: BytesMut::with_capacity(ARENA_CHUNK),
+            response: Vec::with_capacity(crate::datapath::MAX_GSO_BYTES),
+            stats: p.stats,
+            stop: p.stop,
+            drain_timeout: p.drain_timeout,
+        })
+    }
+
+    /// Runs until stopped and drained.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            while let Some((at, slot)) = self.timers.pop_due(now) {
+                if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                    if entry.timer == Some(at) {
+                        entry.timer = None;
+                        entry.conn.handle_timeout(now);
+                        mark_dirty(&mut self.dirty, entry, slot);
+                    }
+                }
+            }
+            if drain_deadline.is_none() && self.stop.load(Ordering::Acquire) {
+                drain_deadline = Some(now + self.drain_timeout);
+                self.close_all(now);
+            }
+            self.drive_dirty(now)?;
+            let timeout = self
+                .timers
+                .next()
+                .map(|at| at.saturating_duration_since(now));
+            let timeout = match drain_deadline {
+                Some(deadline) => {
+                    if self.open == 0 || now >= deadline {
+                        return Ok(());
+                    }
+                    let left = deadline - now;
+                    Some(timeout.map_or(left, |t| t.min(left)))
+                }
+                None => timeout,
+            };
+            self.datapath.wait(timeout)?;
+            self.process_completions();
+        }
+    }
+
+    fn process_completions(&mut self) {
+        let now = Instant::now();
+        while let Some(event) = self.datapath.next_event(&mut self.arena) {
+            match event {
+                crate::datapath::Event::Recv { socket, src, meta } => {
+                    let data = self.arena.split();
+                    self.on_receive(now, socket, src, meta, data);
+                }
+                crate::datapath::Event::SlotFree => {
+                    for slot in self.waiting_for_slot.drain(..) {
+                        if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                            mark_dirty(&mut self.dirty, entry, slot);
+                        }
+                    }
+                }
+                crate::datapath::Event::Wake => {}
+            }
+        }
+    }
+
+    fn on_receive(
+        &mut self,
+        now: Instant,
+        socket: usize,
+        src: SocketAddr,
+        meta: RecvMeta,
+        mut data: BytesMut,
+    ) {
+        let len = data.len();
+        let segment = meta.gro_segment.map_or(len, usize::from).max(1);
+        let segments = len.div_ceil(segment).max(1);
+        self.stats.rx_datagrams.add(segments as u64);
+        self.stats.rx_bytes.add(len as u64);
+        if segments > 1 {
+            self.stats.rx_gro_batches.add(1);
+        }
+        let ecn = EcnCodepoint::from_bits(meta.ecn);
+        while !data.is_empty() {
+            let datagram = data.split_to(segment.min(data.len()));
+            self.on_datagram(now, socket, src, meta.dst_ip, ecn, datagram);
+        }
+    }
+
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        socket: usize,
+        src: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        datagram: BytesMut,
+    ) {
+        self.response.clear();
+        match self
+            .endpoint
+            .handle(now, src, dst_ip, ecn, datagram, &mut self.response)
+        {
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(entry) = self.conns.get_mut(handle.0).and_then(Option::as_mut) {
+                    entry.conn.handle_event(event);
+                    mark_dirty(&mut self.dirty, entry, handle.0);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.stop.load(Ordering::Acquire) {
+                    let t = self.endpoint.refuse(incoming, &mut self.response);
+                    self.send_response(socket, t);
+                    return;
+                }
+                match self
+                    .endpoint
+                    .accept(incoming, now, &mut self.response, None)
+                {
+                    Ok((handle, conn)) => self.insert(handle, conn, socket),
+                    Err(e) => {
+                        tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
+                        if let Some(t) = e.response {
+                            self.send_response(socket, t);
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => self.send_response(socket, t),
+            None => self.stats.drop_invalid.add(1),
+        }
+    }
+
+    /// Sends a stateless response the endpoint wrote into `self.response`.
+    fn send_response(&mut self, socket: usize, t: Transmit) {
+        let bytes = &self.response[..t.size.min(self.response.len())];
+        let sent = self.datapath.send(socket, |buf| {
+            buf.extend_from_slice(bytes);
+            Some(t)
+        });
+        match sent {
+            Ok(SendOutcome::Sent) => {}
+            Ok(_) => self.stats.drop_no_send_slot.add(1),
+            Err(e) => {
+                self.stats.tx_errors.add(1);
+                tracing::warn!(shard = self.index, error = %e, "submitting a response failed");
+            }
+        }
+    }
+
+    fn insert(&mut self, handle: ConnectionHandle, conn: quinn_proto::Connection, socket: usize) {
+        let slot = handle.0;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        let id = ConnId {
+            shard: self.index as u16,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        self.open += 1;
+        self.stats.conns_open.set(self.open as u64);
+        let entry = self.conns[slot].insert(Entry {
+            conn,
+            id,
+            socket,
+            app: None,
+            alpn: Vec::new(),
+            timer: None,
+            dirty: false,
+            announced: false,
+            closed: false,
+        });
+        mark_dirty(&mut self.dirty, entry, slot);
+    }
+
+    /// Closes every connection with the shutdown code and reason.
+    fn close_all(&mut self, now: Instant) {
+        for (slot, entry) in self.conns.iter_mut().enumerate() {
+            if let Some(entry) = entry {
+                entry
+                    .conn
+                    .close(now, SHUTDOWN_CODE, Bytes::from_static(SHUTDOWN_REASON));
+                mark_dirty(&mut self.dirty, entry, slot);
+            }
+        }
+    }
+
+    fn drive_dirty(&mut self, now: Instant) -> std::io::Result<()> {
+        // Driving a connection never makes another one dirty, but it may make itself dirty
+        // again (through its endpoint events); loop until quiet.
+        while !self.dirty.is_empty() {
+            let batch = std::mem::take(&mut self.dirty);
+            for &slot in &batch {
+                self.drive(slot, now)?;
+            }
+            // Reuse the allocation of the processed batch.
+            let mut batch = batch;
+            batch.clear();
+            if self.dirty.is_empty() {
+                self.dirty = batch;
+            }
+        }
+        let conns = &self.conns;
+        let live = self.open;
+        self.timers.compact(live, |slot| {
+            conns
+                .get(slot)
+                .and_then(Option::as_ref)
+                .and_then(|e| e.timer)
+        });
+        Ok(())
+    }
+
+    /// Processes everything pending on one connection: endpoint events, app events,
+    /// transmits, its timer, and its removal once drained.
+    fn drive(&mut self, slot: usize, now: Instant) -> std::io::Result<()> {
+        let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        entry.dirty = false;
+        let handle = ConnectionHandle(slot);
+        exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
+        while let Some(event) = entry.conn.poll() {
+            dispatch(&mut self.apps, entry, event, now, &self.stats);
+        }
+        loop {
+            let max = self
+                .datapath
+                .max_segments(usize::from(entry.conn.current_mtu()));
+            let conn = &mut entry.conn;
+            match self
+                .datapath
+                .send(entry.socket, |buf| conn.poll_transmit(now, max, buf))?
+            {
+                SendOutcome::Sent => {}
+                SendOutcome::Idle => break,
+                SendOutcome::NoSlot => {
+                    self.waiting_for_slot.push(slot);
+                    break;
+                }
+            }
+        }
+        exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
+        if entry.conn.is_drained() {
+            if entry.announced && !entry.closed {
+                if let Some(app) = entry.app.and_then(|i| self.apps.get_mut(i)) {
+                    app.app.on_closed(entry.id, &ConnectionError::LocallyClosed);
+                }
+            }
+            self.conns[slot] = None;
+            self.open -= 1;
+            self.stats.conns_open.set(self.open as u64);
+            self.stats.conns_closed.add(1);
+            return Ok(());
+        }
+        let timer = entry.conn.poll_timeout();
+        if timer != entry.timer {
+            entry.timer = timer;
+            if let Some(at) = timer {
+                self.timers.schedule(at, slot);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<usize>, entry: &mut Entry, slot: usize) {
+    if !entry.dirty {
+        entry.dirty = true;
+        dirty.push(slot);
+    }
+}
+
+/// Passes a connection's events to the endpoint and the endpoint's answers back.
+fn exchange_endpoint_events(
+    endpoint: &mut Endpoint,
+    handle: ConnectionHandle,
+    conn: &mut quinn_proto::Connection,
+) {
+    while let Some(event) = conn.poll_endpoint_events() {
+        if let Some(reply) = endpoint.handle_event(handle, event) {
+            conn.handle_event(reply);
+        }
+    }
+}
+
+/// Delivers one connection event to the connection's app.
+fn dispatch(
+    apps: &mut [ServedApp],
+    entry: &mut Entry,
+    event: Event,
+    now: Instant,
+    stats: &ShardStats,
+) {
+    if let Event::HandshakeDataReady = event {
+        let alpn = entry
+            .conn
+            .crypto_session()
+            .handshake_data()
+            .and_then(|d| {
+                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                    .ok()
+            })
+            .and_then(|d| d.protocol)
+            .unwrap_or_default();
+        entry.app = apps.iter().position(|a| a.alpn == alpn);
+        if entry.app.is_none() {
+            entry.conn.close(
+                now,
+                NO_APP_CODE,
+                Bytes::from_static(b"no application for ALPN"),
+            );
+        }
+        entry.alpn = alpn;
+        return;
+    }
+    let Some(served) = entry.app.and_then(|i| apps.get_mut(i)) else {
+        return;
+    };
+    let app = &mut served.app;
+    let mut conn = Conn {
+        inner: &mut entry.conn,
+        id: entry.id,
+        alpn: &entry.alpn,
+        now,
+    };
+    match event {
+        Event::HandshakeDataReady => {}
+        Event::Connected => {
+            stats.conns_accepted.add(1);
+            entry.announced = true;
+            app.on_connected(&mut conn);
+        }
+        Event::ConnectionLost { reason } => {
+            if entry.announced && !entry.closed {
+                entry.closed = true;
+                app.on_closed(entry.id, &reason);
+            }
+        }
+        Event::Stream(StreamEvent::Opened { dir }) => {
+            while let Some(stream) = conn.inner.streams().accept(dir) {
+                app.on_readable(&mut conn, stream);
+            }
+        }
+        Event::Stream(StreamEvent::Readable { id }) => app.on_readable(&mut conn, id),
+        Event::Stream(StreamEvent::Writable { id }) => app.on_writable(&mut conn, id),
+        Event::Stream(StreamEvent::Stopped { id, error_code }) => {
+            app.on_stopped(&mut conn, id, error_code)
+        }
+        Event::Stream(StreamEvent::Finished { .. } | StreamEvent::Available { .. }) => {}
+        Event::DatagramReceived => {
+            while let Some(data) = conn.inner.datagrams().recv() {
+                app.on_datagram(&mut conn, data);
+            }
+        }
+        Event::DatagramsUnblocked => {}
+    }
+}

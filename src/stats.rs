@@ -1,0 +1,142 @@
+//! Per-shard counters.
+//!
+//! Each shard owns one [`ShardStats`] and is its only writer; any thread may read it. A
+//! counter is a relaxed atomic updated with a plain load and store (no locked instruction on
+//! the packet path), which is exact because there is one writer. Readers see each counter
+//! whole, though not all counters of one instant.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter with a single writer (its shard) and any number of readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning shard calls this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sets a gauge. Only the owning shard calls this.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Reads the current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! shard_stats {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// Live counters of one shard, padded to their own cache lines.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct ShardStats {
+            $( $(#[$doc])* pub $name: Counter, )*
+        }
+
+        /// A copy of a shard's counters at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl ShardStats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $name: self.$name.get(), )* }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Sums two snapshots (gauges add up too: open connections of all shards).
+            pub fn merge(&self, other: &StatsSnapshot) -> StatsSnapshot {
+                StatsSnapshot { $( $name: self.$name + other.$name, )* }
+            }
+
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn fields(&self) -> [(&'static str, u64); [$(stringify!($name)),*].len()] {
+                [ $( (stringify!($name), self.$name), )* ]
+            }
+        }
+    };
+}
+
+shard_stats! {
+    /// UDP datagrams received (each GRO segment counts).
+    rx_datagrams,
+    /// UDP payload bytes received.
+    rx_bytes,
+    /// Receives that carried more than one datagram coalesced by GRO.
+    rx_gro_batches,
+    /// UDP datagrams sent (each GSO segment counts).
+    tx_datagrams,
+    /// UDP payload bytes sent.
+    tx_bytes,
+    /// Sends that carried more than one datagram for GSO to split.
+    tx_gso_batches,
+    /// Connections whose handshake completed.
+    conns_accepted,
+    /// Connections currently in the table (gauge).
+    conns_open,
+    /// Connections removed from the table.
+    conns_closed,
+    /// Dropped: the control messages did not fit (`MSG_CTRUNC`).
+    drop_ctrunc,
+    /// Dropped: the datagram did not fit the receive buffer (`MSG_TRUNC`).
+    drop_truncated,
+    /// Dropped: the source address could not be read.
+    drop_bad_address,
+    /// Dropped by the QUIC endpoint: not a valid packet for any connection.
+    drop_invalid,
+    /// Dropped: a stateless response found no free send slot.
+    drop_no_send_slot,
+    /// Receive re-armed after the kernel ran out of provided buffers.
+    rx_buffer_exhausted,
+    /// Sends the kernel failed.
+    tx_errors,
+}
+
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (name, value) in self.fields() {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_merge_and_display() {
+        let a = ShardStats::default();
+        a.rx_datagrams.add(3);
+        a.rx_datagrams.add(2);
+        a.conns_open.set(7);
+        let b = ShardStats::default();
+        b.rx_datagrams.add(1);
+        let sum = a.snapshot().merge(&b.snapshot());
+        assert_eq!(sum.rx_datagrams, 6);
+        assert_eq!(sum.conns_open, 7);
+        let text = sum.to_string();
+        assert!(text.starts_with("rx_datagrams=6 rx_bytes=0"), "{text}");
+        assert!(text.contains("conns_open=7"));
+    }
+}

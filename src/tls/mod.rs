@@ -1,0 +1,137 @@
+//! Certificates and the TLS and QUIC configuration built from them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::Error;
+
+/// Names the embedded self-signed certificate is valid for.
+pub const SELF_SIGNED_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    /// Leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The chain as PEM, for `--cert-out`.
+    pub cert_pem: String,
+}
+
+impl Identity {
+    /// Generates a fresh self-signed certificate for [`SELF_SIGNED_NAMES`].
+    pub fn self_signed() -> Result<Identity, Error> {
+        let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
+        let generated = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| Error::Tls(format!("generating a self-signed certificate: {e}")))?;
+        let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+        Ok(Identity {
+            cert_pem: generated.cert.pem(),
+            cert_chain: vec![generated.cert.der().clone()],
+            key,
+        })
+    }
+
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Identity, Error> {
+        let cert_pem = std::fs::read_to_string(cert)
+            .map_err(|e| Error::File(cert.to_path_buf(), e.to_string()))?;
+        let cert_chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::File(cert.to_path_buf(), format!("not a PEM certificate: {e}")))?;
+        if cert_chain.is_empty() {
+            return Err(Error::File(
+                cert.to_path_buf(),
+                "no CERTIFICATE block found".into(),
+            ));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            let why = match e {
+                rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+                other => format!("not a PEM private key: {other}"),
+            };
+            Error::File(key.to_path_buf(), why)
+        })?;
+        Ok(Identity {
+            cert_chain,
+            key: key_der,
+            cert_pem,
+        })
+    }
+
+    /// SHA-256 of the leaf certificate, as colon-separated upper-case hex.
+    pub fn fingerprint(&self) -> String {
+        let leaf = self.cert_chain.first().map_or(&[][..], |c| c.as_ref());
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
+        let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        hex.join(":")
+    }
+}
+
+/// Path MTU discovery searches up to this UDP payload size (quinn-proto's default).
+pub const MAX_UDP_PAYLOAD: u16 = 1452;
+
+/// The QUIC server configuration all shards share: TLS 1.3 with `identity`, offering
+/// `alpns`, with transport parameters sized for a load-test target.
+pub fn server_config(
+    identity: &Identity,
+    alpns: Vec<Vec<u8>>,
+    idle_timeout: Duration,
+) -> Result<quinn_proto::ServerConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
+        .map_err(|e| Error::Tls(format!("certificate and key: {e}")))?;
+    tls.alpn_protocols = alpns;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn_proto::TransportConfig::default();
+    let idle = quinn_proto::IdleTimeout::try_from(idle_timeout)
+        .map_err(|_| Error::Config("idle timeout too large".into()))?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(1024))
+        .max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(1024))
+        .stream_receive_window(quinn_proto::VarInt::from_u32(4 << 20))
+        .send_window(16 << 20)
+        .datagram_receive_buffer_size(Some(4 << 20))
+        .datagram_send_buffer_size(4 << 20);
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_has_fingerprint_and_pem() {
+        let id = Identity::self_signed().unwrap();
+        let fp = id.fingerprint();
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        assert!(id.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        server_config(&id, vec![b"echo".to_vec()], Duration::from_secs(30)).unwrap();
+    }
+
+    #[test]
+    fn mismatched_key_is_rejected() {
+        let a = Identity::self_signed().unwrap();
+        let b = Identity::self_signed().unwrap();
+        let mixed = Identity {
+            cert_chain: a.cert_chain,
+            key: b.key,
+            cert_pem: a.cert_pem,
+        };
+        let err = server_config(&mixed, vec![b"echo".to_vec()], Duration::from_secs(30));
+        assert!(matches!(err, Err(Error::Tls(_))), "{err:?}");
+    }
+}

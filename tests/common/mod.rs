@@ -1,0 +1,112 @@
+//! Shared helpers for the integration tests: an in-process server on loopback and a quinn
+//! client that trusts its certificate.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use quring::Server;
+
+/// Deadline for any one client operation in a test.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Starts an unpinned echo server with `shards` shards on `listen` (port 0).
+pub fn start_echo(shards: usize, listen: &str) -> Server {
+    Server::builder()
+        .listen(listen.parse().expect("test address"))
+        .shards(shards)
+        .pin(false)
+        .app(Arc::new(quring::apps::EchoFactory))
+        .start()
+        .expect("server starts")
+}
+
+/// A quinn client configuration trusting `server`'s certificate, offering `alpn`.
+pub fn client_config(server: &Server, alpn: &[u8]) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(server.certificate().clone())
+        .expect("certificate is valid");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).expect("QUIC-capable TLS config");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+        .receive_window(quinn::VarInt::from_u32(32 << 20))
+        .send_window(32 << 20)
+        .datagram_receive_buffer_size(Some(4 << 20));
+    config.transport_config(Arc::new(transport));
+    config
+}
+
+/// A client endpoint on an ephemeral port of the same family as `server_addr`.
+pub fn client_endpoint(server: &Server, server_addr: SocketAddr) -> quinn::Endpoint {
+    let bind: SocketAddr = if server_addr.is_ipv6() {
+        "[::1]:0".parse().expect("addr")
+    } else {
+        "127.0.0.1:0".parse().expect("addr")
+    };
+    // A roomy receive buffer, as a load client would use: the server answers in GSO bursts.
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("client socket");
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.bind(&bind.into()).expect("bind client socket");
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .expect("client endpoint");
+    endpoint.set_default_client_config(client_config(server, b"echo"));
+    endpoint
+}
+
+/// Connects to `addr` as `localhost` within the deadline.
+pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+    let connecting = endpoint.connect(addr, "localhost").expect("connect starts");
+    tokio::time::timeout(DEADLINE, connecting)
+        .await
+        .expect("handshake within deadline")
+        .expect("handshake succeeds")
+}
+
+/// A deterministic test pattern of `len` bytes, different for each `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `data` on a new bidirectional stream, finishes, and returns everything read back
+/// until the server's FIN.
+pub async fn echo_stream(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+    let writer = async {
+        send.write_all(data).await.expect("write");
+        send.finish().expect("finish");
+    };
+    let reader = async { recv.read_to_end(usize::MAX).await.expect("read echo") };
+    let ((), echoed) = tokio::join!(writer, reader);
+    echoed
+}
