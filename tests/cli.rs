@@ -1,0 +1,796 @@
+//! The `quring` binary as a user runs it: bad arguments and files, the start-up lines,
+//! signals and draining, several listen addresses.
+//!
+//! Every child process is owned by a [`Quring`] guard that kills and reaps it on any exit
+//! path. Nothing sleeps to synchronise: start-up is the `listening on` line arriving on
+//! stdout, and exit is the process's pidfd becoming readable, both waited for with deadlines.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{connect, echo_stream, pattern, DEADLINE};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// How long the binary may take to print its listening line.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a process that should exit by itself (bad input) may take.
+const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("quring-cli-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// What a finished `quring` left behind.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<String>,
+    stderr: String,
+}
+
+impl Finished {
+    fn stdout_text(&self) -> String {
+        self.stdout.join("\n")
+    }
+}
+
+/// A running `quring` child, killed and reaped when dropped.
+struct Quring {
+    args: Vec<String>,
+    child: Child,
+    /// Each stdout line, as it is printed.
+    lines: mpsc::Receiver<String>,
+    /// All stdout lines, once stdout closes.
+    stdout: Option<JoinHandle<Vec<String>>>,
+    /// All of stderr, once it closes.
+    stderr: Option<JoinHandle<String>>,
+    reaped: bool,
+}
+
+impl Quring {
+    fn spawn(args: &[&str]) -> Quring {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quring"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quring");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        let stdout = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line.clone());
+                all.push(line);
+            }
+            all
+        });
+        let mut err = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = err.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
+        Quring {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child,
+            lines,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            reaped: false,
+        }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    /// Waits for the next stdout line containing `needle` (earlier lines are skipped).
+    fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "quring {:?}: no stdout line containing {needle:?} within {within:?}",
+                    self.args
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let done = self.wait_exit(EXIT_DEADLINE);
+                    panic!(
+                        "quring {:?} closed stdout ({}) before printing {needle:?}\n\
+                         stdout:\n{}\nstderr:\n{}",
+                        self.args,
+                        done.status,
+                        done.stdout_text(),
+                        done.stderr
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the `listening on` line and returns it with the addresses it names.
+    fn wait_listening(&mut self) -> (String, Vec<SocketAddr>) {
+        let line = self.wait_line("quring: listening on ", START_DEADLINE);
+        let addrs = listen_addrs(&line);
+        (line, addrs)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with the pid of our own unreaped child (it cannot be recycled until
+        // we wait for it) and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {signal}): {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits at most `within` for the process to exit, then collects its output.
+    fn wait_exit(&mut self, within: Duration) -> Finished {
+        let status = wait_with_deadline(&mut self.child, within).unwrap_or_else(|| {
+            panic!(
+                "quring {:?} still running {within:?} after it should have ended",
+                self.args
+            )
+        });
+        self.reaped = true;
+        // The process is gone, so both pipes are at end of file.
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().expect("stdout reader"))
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().expect("stderr reader"))
+            .unwrap_or_default();
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Quring {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for `child` to exit, at most `within`. The wait is an event: the child's pidfd
+/// becomes readable when it exits (Linux 5.3+, which io_uring needs anyway); only where
+/// `pidfd_open` is missing does it fall back to re-checking every 10 ms.
+fn wait_with_deadline(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the child
+    // is not reaped yet, so the pid is still ours.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = (raw >= 0).then(|| {
+        // SAFETY: a successful pidfd_open returned a fresh descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(raw as i32) }
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match &pidfd {
+            Some(fd) => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+                // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            None => std::thread::sleep(left.min(Duration::from_millis(10))),
+        }
+    }
+}
+
+/// The addresses of a `quring: listening on A, B | ...` line.
+fn listen_addrs(line: &str) -> Vec<SocketAddr> {
+    let (_, rest) = line
+        .split_once("listening on ")
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+    let list = rest.split(" |").next().unwrap_or_default();
+    list.split(", ")
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|e| panic!("bad address {a:?} in {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Runs `quring args`, expects it to fail at start-up with exit code 2 and a stderr naming
+/// every one of `names`, without a panic; returns stderr.
+fn expect_exit_2(args: &[&str], names: &[&str]) -> String {
+    let mut q = Quring::spawn(args);
+    let done = q.wait_exit(EXIT_DEADLINE);
+    let stderr = &done.stderr;
+    assert_eq!(
+        done.status.code(),
+        Some(2),
+        "quring {args:?}: expected exit code 2, got {}\nstdout:\n{}\nstderr:\n{stderr}",
+        done.status,
+        done.stdout_text()
+    );
+    for name in names {
+        assert!(
+            stderr.contains(name),
+            "quring {args:?}: stderr does not name {name:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("panicked") && !stderr.to_lowercase().contains("backtrace"),
+        "quring {args:?} panicked:\n{stderr}"
+    );
+    assert!(
+        !done.stdout_text().contains("listening on"),
+        "quring {args:?} started serving before failing:\n{}",
+        done.stdout_text()
+    );
+    done.stderr
+}
+
+/// Like [`expect_exit_2`] for errors quring reports itself: exactly one stderr line,
+/// `quring: error: ...`.
+fn expect_error_line(args: &[&str], names: &[&str]) -> String {
+    let stderr = expect_exit_2(args, names);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("quring: error: "),
+        "quring {args:?}: expected one `quring: error:` line on stderr, got:\n{stderr}"
+    );
+    stderr
+}
+
+/// A fresh self-signed certificate and its key, both PEM.
+fn self_signed_pem() -> (String, String) {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    (generated.cert.pem(), generated.signing_key.serialize_pem())
+}
+
+/// A quinn client trusting the certificate(s) in `cert_pem`, offering ALPN `echo`, bound to
+/// loopback of `server`'s family. Must be called inside a tokio runtime.
+///
+/// Its socket's receive buffer (4 MiB asked) is larger than all the echo the server may have
+/// in flight to it (its 1 MiB stream window), so even a client starved of CPU on a busy
+/// machine loses nothing on loopback. That matters when the server closes during a transfer:
+/// with a small buffer full of echo, the server's few CONNECTION_CLOSE packets are dropped
+/// by the kernel and the client only learns of the close from its own idle timeout.
+fn client_trusting(cert_pem: &Path, server: SocketAddr) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert_pem).expect("read --cert-out file") {
+        roots
+            .add(cert.expect("--cert-out holds PEM certificates"))
+            .expect("certificate is valid");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"echo".to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).expect("QUIC-capable TLS config");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(quinn::VarInt::from_u32(1 << 20))
+        .receive_window(quinn::VarInt::from_u32(2 << 20));
+    config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if server.is_ipv6() {
+        "[::1]:0".parse().expect("addr")
+    } else {
+        "127.0.0.1:0".parse().expect("addr")
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("client socket");
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.bind(&bind.into()).expect("bind client socket");
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .expect("client endpoint");
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Whether a `stats total ...` line reports `name=value`.
+fn stats_total_has(stdout: &[String], field: &str) -> bool {
+    stdout
+        .iter()
+        .filter(|l| l.starts_with("stats total"))
+        .any(|l| l.split_whitespace().any(|w| w == field))
+}
+
+// ---- bad input ---------------------------------------------------------------------------
+
+#[test]
+fn bad_arguments_exit_2_naming_the_flag() {
+    expect_exit_2(&["serve", "--shards", "0"], &["--shards"]);
+    expect_exit_2(&["serve", "--shards", "abc"], &["--shards", "abc"]);
+    expect_exit_2(
+        &["serve", "--listen", "notanaddr"],
+        &["--listen", "notanaddr"],
+    );
+    expect_exit_2(&["serve", "--app", "nosuch"], &["--app", "nosuch"]);
+    expect_exit_2(&["serve", "--cert", "X"], &["--key"]);
+    expect_exit_2(&["serve", "--key", "X"], &["--cert"]);
+}
+
+#[test]
+fn missing_cert_files_exit_2_naming_the_path() {
+    expect_error_line(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--cert",
+            "/nonexistent/c.pem",
+            "--key",
+            "/nonexistent/k.pem",
+        ],
+        &["/nonexistent/c.pem"],
+    );
+    // The certificate exists and parses; the key is missing.
+    let dir = TempDir::new("missing-key");
+    let (cert, _) = self_signed_pem();
+    let cert_path = dir.file("cert.pem");
+    std::fs::write(&cert_path, cert).expect("write cert");
+    expect_error_line(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--cert",
+            path_str(&cert_path),
+            "--key",
+            "/nonexistent/k.pem",
+        ],
+        &["/nonexistent/k.pem"],
+    );
+}
+
+#[test]
+fn unparsable_cert_or_key_exit_2_naming_the_file() {
+    let dir = TempDir::new("garbage");
+    let (cert, key) = self_signed_pem();
+    let good_cert = dir.file("cert.pem");
+    let good_key = dir.file("key.pem");
+    let garbage = dir.file("garbage.pem");
+    std::fs::write(&good_cert, cert).expect("write cert");
+    std::fs::write(&good_key, key).expect("write key");
+    std::fs::write(&garbage, pattern(3, 4096)).expect("write garbage");
+    expect_error_line(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--cert",
+            path_str(&garbage),
+            "--key",
+            path_str(&good_key),
+        ],
+        &[path_str(&garbage)],
+    );
+    expect_error_line(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--cert",
+            path_str(&good_cert),
+            "--key",
+            path_str(&garbage),
+        ],
+        &[path_str(&garbage)],
+    );
+    // A key given where the certificate belongs holds no CERTIFICATE block.
+    expect_error_line(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--cert",
+            path_str(&good_key),
+            "--key",
+            path_str(&good_key),
+        ],
+        &[path_str(&good_key)],
+    );
+}
+
+#[test]
+fn mismatched_cert_and_key_exit_2() {
+    let dir = TempDir::new("mismatch");
+    let (cert_a, _) = self_signed_pem();
+    let (_, key_b) = self_signed_pem();
+    let cert = dir.file("a-cert.pem");
+    let key = dir.file("b-key.pem");
+    std::fs::write(&cert, cert_a).expect("write cert");
+    std::fs::write(&key, key_b).expect("write key");
+    let stderr = expect_error_line(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--cert",
+            path_str(&cert),
+            "--key",
+            path_str(&key),
+        ],
+        &[],
+    );
+    let lower = stderr.to_lowercase();
+    assert!(
+        lower.contains("certificate") && lower.contains("key"),
+        "the error should say the certificate and key do not match:\n{stderr}"
+    );
+}
+
+#[test]
+fn address_held_by_another_socket_exits_2() {
+    let holder = UdpSocket::bind("127.0.0.1:0").expect("bind a plain UDP socket");
+    let addr = holder.local_addr().expect("local addr").to_string();
+    expect_error_line(
+        &["serve", "--listen", &addr, "--shards", "1", "--no-pin"],
+        &[&addr, "in use"],
+    );
+    drop(holder);
+}
+
+#[test]
+fn second_quring_on_the_same_port_exits_2() {
+    let mut first = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+    ]);
+    let (_, addrs) = first.wait_listening();
+    let addr = addrs[0].to_string();
+    expect_error_line(
+        &["serve", "--listen", &addr, "--shards", "1", "--no-pin"],
+        &[&addr, "in use"],
+    );
+    // The first one is unaffected: still running, and it stops cleanly.
+    assert!(
+        first.child.try_wait().expect("try_wait").is_none(),
+        "the first quring exited when the second one failed"
+    );
+    first.signal(libc::SIGTERM);
+    let done = first.wait_exit(Duration::from_secs(10));
+    assert!(
+        done.status.success(),
+        "first quring: {}\nstderr:\n{}",
+        done.status,
+        done.stderr
+    );
+}
+
+// ---- serving -----------------------------------------------------------------------------
+
+#[test]
+fn startup_lines_name_port_shards_datapath_and_fingerprint() {
+    let dir = TempDir::new("startup");
+    let cert = dir.file("cert.pem");
+    let mut q = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--cert-out",
+        path_str(&cert),
+    ]);
+    let cert_line = q.wait_line("quring: certificate ", START_DEADLINE);
+    let (line, addrs) = q.wait_listening();
+    assert_eq!(addrs.len(), 1, "{line}");
+    assert!(addrs[0].ip().is_loopback() && addrs[0].is_ipv4(), "{line}");
+    assert_ne!(addrs[0].port(), 0, "port 0 is resolved: {line}");
+    for part in [
+        "| shards 2 |",
+        "datapath io_uring:",
+        "multishot",
+        "GRO",
+        "GSO",
+        "| alpn echo",
+    ] {
+        assert!(line.contains(part), "listening line lacks {part:?}: {line}");
+    }
+    assert!(!line.contains("pinned"), "--no-pin: {line}");
+
+    // The fingerprint printed is the SHA-256 of the certificate written.
+    let (_, printed) = cert_line
+        .split_once("sha256 ")
+        .unwrap_or_else(|| panic!("no sha256 in {cert_line:?}"));
+    let der = CertificateDer::from_pem_file(&cert).expect("--cert-out is a PEM certificate");
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    let expected: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    assert_eq!(printed.trim(), expected.join(":"), "{cert_line}");
+
+    q.signal(libc::SIGTERM);
+    let done = q.wait_exit(Duration::from_secs(10));
+    assert!(done.status.success(), "{}\n{}", done.status, done.stderr);
+}
+
+#[test]
+fn sigterm_during_transfer_closes_clients_and_exits_0() {
+    const DRAIN: Duration = Duration::from_secs(2);
+    let dir = TempDir::new("sigterm");
+    let cert = dir.file("cert.pem");
+    let mut q = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--drain-timeout",
+        "2",
+        "--cert-out",
+        path_str(&cert),
+    ]);
+    let (_, addrs) = q.wait_listening();
+    let addr = addrs[0];
+    let rt = runtime();
+    let (_endpoint, conn, echoed) = rt.block_on(async {
+        let endpoint = client_trusting(&cert, addr);
+        let conn = connect(&endpoint, addr).await;
+        let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+        // Upload up to 1 GiB while reading the echo; the server is stopped long before.
+        tokio::spawn(async move {
+            let chunk = pattern(1, 64 * 1024);
+            let mut sent = 0u64;
+            while sent < 1 << 30 {
+                if send.write_all(&chunk).await.is_err() {
+                    break; // the connection closed under us, as it should
+                }
+                sent += chunk.len() as u64;
+            }
+        });
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut echoed = 0usize;
+            let mut reached = Some(reached_tx);
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                echoed += chunk.bytes.len();
+                if echoed >= 1 << 20 {
+                    if let Some(tx) = reached.take() {
+                        let _ = tx.send(echoed);
+                    }
+                }
+            }
+        });
+        let echoed = tokio::time::timeout(DEADLINE, reached_rx)
+            .await
+            .expect("1 MiB echoed within the deadline")
+            .expect("the echo reader is alive");
+        (endpoint, conn, echoed)
+    });
+    assert!(echoed >= 1 << 20);
+
+    let signalled = Instant::now();
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        eprintln!(
+            "DIAG sigterm at {}.{:09} client port {}",
+            ts.tv_sec,
+            ts.tv_nsec,
+            _endpoint.local_addr().unwrap().port()
+        );
+    }
+    q.signal(libc::SIGTERM);
+    let closed = rt.spawn({
+        let conn = conn.clone();
+        async move { tokio::time::timeout(DEADLINE, conn.closed()).await }
+    });
+    let done = q.wait_exit(DRAIN + Duration::from_secs(2));
+    let took = signalled.elapsed();
+    assert!(
+        done.status.success(),
+        "quring exited with {} {took:?} after SIGTERM\nstderr:\n{}",
+        done.status,
+        done.stderr
+    );
+    let Ok(reason) = rt.block_on(closed).expect("close watcher") else {
+        panic!(
+            "the client saw no close within {DEADLINE:?} (quring exited {took:?} after \
+             SIGTERM)\nclient: {:?}\nquring stdout:\n{}",
+            conn.stats(),
+            done.stdout_text()
+        );
+    };
+    match &reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0), "{reason:?}");
+            assert_eq!(&close.reason[..], b"server shutting down", "{reason:?}");
+        }
+        other => panic!("expected the server's application close, got {other:?}"),
+    }
+    assert!(
+        stats_total_has(&done.stdout, "conns_accepted=1"),
+        "exit stats should show the one connection:\n{}",
+        done.stdout_text()
+    );
+}
+
+#[test]
+fn sigint_on_idle_server_exits_0_with_stats() {
+    let mut q = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+    ]);
+    q.wait_listening();
+    q.signal(libc::SIGINT);
+    let done = q.wait_exit(Duration::from_secs(10));
+    assert!(
+        done.status.success(),
+        "{} after SIGINT\nstderr:\n{}",
+        done.status,
+        done.stderr
+    );
+    assert!(
+        done.stdout.iter().any(|l| l.starts_with("stats total")),
+        "no `stats total` line:\n{}",
+        done.stdout_text()
+    );
+    assert!(
+        stats_total_has(&done.stdout, "conns_accepted=0"),
+        "{}",
+        done.stdout_text()
+    );
+}
+
+#[test]
+fn two_listen_addresses_both_echo() {
+    let dir = TempDir::new("two-listen");
+    let cert = dir.file("cert.pem");
+    let mut q = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "[::1]:0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--cert-out",
+        path_str(&cert),
+    ]);
+    let (line, addrs) = q.wait_listening();
+    assert_eq!(addrs.len(), 2, "two addresses in {line}");
+    assert!(
+        addrs[0].is_ipv4() && addrs[1].is_ipv6(),
+        "in the order given: {line}"
+    );
+    assert!(addrs.iter().all(|a| a.port() != 0), "{line}");
+    let rt = runtime();
+    for (i, &addr) in addrs.iter().enumerate() {
+        rt.block_on(async {
+            let endpoint = client_trusting(&cert, addr);
+            let conn = connect(&endpoint, addr).await;
+            let data = pattern(10 + i as u64, 100_000);
+            let echoed = tokio::time::timeout(DEADLINE, echo_stream(&conn, &data))
+                .await
+                .unwrap_or_else(|_| panic!("echo via {addr} within the deadline"));
+            assert!(echoed == data, "echo via {addr} differs");
+            conn.close(0u32.into(), b"done");
+            tokio::time::timeout(DEADLINE, endpoint.wait_idle())
+                .await
+                .expect("client closes within the deadline");
+        });
+    }
+    q.signal(libc::SIGTERM);
+    let done = q.wait_exit(Duration::from_secs(10));
+    assert!(done.status.success(), "{}\n{}", done.status, done.stderr);
+    assert!(
+        stats_total_has(&done.stdout, "conns_accepted=2"),
+        "{}",
+        done.stdout_text()
+    );
+}
