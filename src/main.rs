@@ -162,9 +162,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
             }
         }
     };
-    let stats = server.stats();
     let result = server.shutdown();
-    print_stats(&stats);
+    print_stats(&server.stats());
     match result {
         Ok(()) => Ok(code),
         Err(e) => {

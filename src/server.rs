@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -191,13 +191,13 @@ impl ServerBuilder {
                 })
                 .map_err(|e| Error::Shard(index, format!("spawning its thread: {e}")))?;
             handles.push(ShardHandle {
-                thread: Some(thread),
+                thread: Mutex::new(Some(thread)),
                 waker,
                 stats,
             });
         }
         drop(ready_tx);
-        let mut server = Server {
+        let server = Server {
             addrs,
             shards: handles,
             stop,
@@ -210,11 +210,11 @@ impl ServerBuilder {
             match ready_rx.recv_timeout(START_TIMEOUT) {
                 Ok((_, Ok(()))) => {}
                 Ok((index, Err(msg))) => {
-                    let _ = server.stop_and_join();
+                    let _ = server.shutdown();
                     return Err(Error::Shard(index, msg));
                 }
                 Err(_) => {
-                    let _ = server.stop_and_join();
+                    let _ = server.shutdown();
                     return Err(Error::Shard(0, "did not start in time".into()));
                 }
             }
@@ -241,7 +241,7 @@ impl Drop for ExitNotice {
 }
 
 struct ShardHandle {
-    thread: Option<JoinHandle<Result<(), String>>>,
+    thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
     waker: Waker,
     stats: Arc<ShardStats>,
 }
@@ -313,19 +313,22 @@ impl Server {
 
     /// Stops accepting, closes every connection with code 0 and reason
     /// "server shutting down", waits for them to close (at most the drain timeout), and
-    /// joins the shards. Fails if a shard failed or panicked.
-    pub fn shutdown(mut self) -> Result<(), Error> {
-        self.stop_and_join()
-    }
-
-    fn stop_and_join(&mut self) -> Result<(), Error> {
+    /// joins the shards. Fails if a shard failed or panicked. The counters stay readable
+    /// afterwards; a second call does nothing.
+    pub fn shutdown(&self) -> Result<(), Error> {
         self.stop.store(true, Ordering::Release);
         for shard in &self.shards {
             shard.waker.wake();
         }
         let mut result = Ok(());
-        for (index, shard) in self.shards.iter_mut().enumerate() {
-            let Some(thread) = shard.thread.take() else {
+        for (index, shard) in self.shards.iter().enumerate() {
+            // Only this method takes the lock; a poisoned lock still holds the handle.
+            let taken = shard
+                .thread
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            let Some(thread) = taken else {
                 continue;
             };
             let outcome = match thread.join() {
@@ -343,6 +346,6 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.stop_and_join();
+        let _ = self.shutdown();
     }
 }

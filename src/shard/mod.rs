@@ -6,7 +6,10 @@
 //! datagram to the endpoint, let every connection that changed deliver its events to its
 //! app, then transmit what the connections have to send, until the send slots run out.
 
+mod closing;
 mod timers;
+
+pub(crate) use closing::CloseAwareFactory;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +70,8 @@ struct Entry {
     announced: bool,
     /// The app was told it closed.
     closed: bool,
+    /// The connection was seen closed and its congestion window lifted (see `closing`).
+    window_released: bool,
 }
 
 struct ServedApp {
@@ -291,6 +296,7 @@ impl Shard {
             dirty: false,
             announced: false,
             closed: false,
+            window_released: false,
         });
         mark_dirty(&mut self.dirty, entry, slot);
     }
@@ -344,6 +350,10 @@ impl Shard {
         exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
         while let Some(event) = entry.conn.poll() {
             dispatch(&mut self.apps, entry, event, now, &self.stats);
+        }
+        if !entry.window_released && entry.conn.is_closed() {
+            entry.window_released = true;
+            closing::release_window(&entry.conn);
         }
         loop {
             let max = self

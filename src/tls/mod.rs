@@ -104,7 +104,8 @@ pub fn server_config(
         .stream_receive_window(quinn_proto::VarInt::from_u32(4 << 20))
         .send_window(16 << 20)
         .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(4 << 20);
+        .datagram_send_buffer_size(4 << 20)
+        .congestion_controller_factory(Arc::new(crate::shard::CloseAwareFactory::default()));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
