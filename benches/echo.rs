@@ -94,6 +94,14 @@ struct Args {
         default_value = "quring,quinn"
     )]
     servers: Vec<ServerKind>,
+    /// Connections of the rr workload (each from its own client port); the streams in flight
+    /// are spread over them.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Extra argument for `quring serve` (repeat for several, e.g.
+    /// `--quring-arg=--steering --quring-arg=none`).
+    #[arg(long, allow_hyphen_values = true)]
+    quring_arg: Vec<String>,
     /// Tokio worker threads of the client.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
@@ -730,9 +738,9 @@ async fn bulk(conn: &Connection, total: u64, pattern: Arc<Pattern>) -> Result<Du
 }
 
 /// Runs `total` request/response exchanges with `concurrency` streams in
-/// flight; returns the elapsed time.
+/// flight, spread round-robin over `conns`; returns the elapsed time.
 async fn rr(
-    conn: &Connection,
+    conns: &[Connection],
     total: u64,
     concurrency: usize,
     request_size: usize,
@@ -741,8 +749,8 @@ async fn rr(
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.max(1) {
-        let conn = conn.clone();
+    for i in 0..concurrency.max(1) {
+        let conn = conns[i % conns.len()].clone();
         let next = next.clone();
         let request = request.clone();
         tasks.spawn(async move {
@@ -807,17 +815,29 @@ fn measure(
     let pid = server.pid()?;
     let deadline = Duration::from_secs(args.timeout_secs);
     rt.block_on(async {
-        let (endpoint, conn) = connect(server.addr, &server.certs).await?;
+        let conns = match workload {
+            Workload::Bulk => 1,
+            Workload::Rr => args.conns.max(1),
+        };
+        let mut clients = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            clients.push(connect(server.addr, &server.certs).await?);
+        }
         let cpu_before = process_cpu_secs(pid)?;
         let run = async {
             match workload {
-                Workload::Bulk => bulk(&conn, args.bulk_bytes, pattern.clone()).await,
-                Workload::Rr => rr(&conn, args.requests, args.concurrency, args.request_size).await,
+                Workload::Bulk => bulk(&clients[0].1, args.bulk_bytes, pattern.clone()).await,
+                Workload::Rr => {
+                    let conns: Vec<Connection> = clients.iter().map(|(_, c)| c.clone()).collect();
+                    rr(&conns, args.requests, args.concurrency, args.request_size).await
+                }
             }
         };
         let outcome = tokio::time::timeout(deadline, run).await;
         let cpu_after = process_cpu_secs(pid);
-        close(endpoint, conn).await;
+        for (endpoint, conn) in clients {
+            close(endpoint, conn).await;
+        }
         let elapsed = outcome
             .map_err(|_| format!("{} did not finish within {deadline:?}", workload.name()))??;
         let cpu = cpu_after? - cpu_before;
@@ -866,6 +886,7 @@ fn server_command(kind: ServerKind, args: &Args, quring: &Path, self_exe: &Path)
             if args.no_pin {
                 cmd.arg("--no-pin");
             }
+            cmd.args(&args.quring_arg);
             cmd
         }
         ServerKind::Quinn => {

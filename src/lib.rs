@@ -29,6 +29,7 @@ pub mod app;
 pub mod apps;
 pub mod datapath;
 mod error;
+pub mod routing;
 mod server;
 mod shard;
 pub mod stats;
@@ -36,5 +37,6 @@ pub mod tls;
 
 pub use error::Error;
 pub use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
+pub use routing::Steering;
 pub use server::{Server, ServerBuilder, DEFAULT_LISTEN};
 pub use shard::{SHUTDOWN_CODE, SHUTDOWN_REASON};

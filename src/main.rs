@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use crossbeam_channel::{never, select, tick, unbounded};
+use quring::routing::cid::MAX_SERVER_ID_LEN;
 use quring::stats::StatsSnapshot;
 use quring::tls::{Identity, SELF_SIGNED_NAMES};
-use quring::{Error, Server};
+use quring::{Error, Server, Steering};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,17 @@ struct ServeArgs {
     /// On SIGINT/SIGTERM, wait this long for connections to close.
     #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_secs)]
     drain_timeout: f64,
+    /// How datagrams reach the shard that owns their connection: `bpf` (a kernel program reads
+    /// the connection ID) or `none` (4-tuple hash, then hand-off between shards).
+    #[arg(long, value_name = "MODE", default_value = "bpf", value_parser = parse_steering)]
+    steering: Steering,
+    /// QUIC-LB config rotation id (0-6) in the first octet of every connection ID.
+    #[arg(long, value_name = "ID", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=6))]
+    lb_config_id: u8,
+    /// Server id (hex, 1-14 bytes) embedded in every connection ID for a QUIC-LB load balancer.
+    #[arg(long, value_name = "HEX", value_parser = parse_server_id)]
+    server_id: Option<ServerId>,
     /// Close connections idle for this long.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
     idle_timeout: f64,
@@ -70,6 +82,34 @@ fn parse_secs(s: &str) -> Result<f64, String> {
             "'{s}' is not a number of seconds between 0 and 86400"
         )),
     }
+}
+
+fn parse_steering(s: &str) -> Result<Steering, String> {
+    match s {
+        "bpf" => Ok(Steering::Bpf),
+        "none" => Ok(Steering::None),
+        _ => Err(format!("'{s}' is not a steering mode (bpf or none)")),
+    }
+}
+
+/// A `--server-id` value (a newtype so clap takes it as one value, not a list of bytes).
+#[derive(Clone)]
+struct ServerId(Vec<u8>);
+
+fn parse_server_id(s: &str) -> Result<ServerId, String> {
+    let bad = || format!("'{s}' is not 1 to {MAX_SERVER_ID_LEN} bytes of hex");
+    if s.is_empty() || s.len() % 2 != 0 || s.len() / 2 > MAX_SERVER_ID_LEN {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect::<Result<Vec<u8>, String>>()
+        .map(ServerId)
 }
 
 fn main() -> ExitCode {
@@ -103,7 +143,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .pin(!args.no_pin)
         .identity(identity)
         .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
-        .idle_timeout(Duration::from_secs_f64(args.idle_timeout.max(0.001)));
+        .idle_timeout(Duration::from_secs_f64(args.idle_timeout.max(0.001)))
+        .steering(args.steering)
+        .lb_config_id(args.lb_config_id)
+        .server_id(args.server_id.clone().map(|id| id.0).unwrap_or_default());
     for addr in &args.listen {
         builder = builder.listen(*addr);
     }
@@ -193,10 +236,11 @@ fn startup_line(server: &Server, pinned: bool) -> String {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     format!(
-        "quring: listening on {} | shards {}{} | datapath io_uring: {} | alpn {}",
+        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | alpn {}",
         addrs.join(", "),
         server.shard_count(),
         if pinned { " (pinned)" } else { "" },
+        server.steering(),
         features.join(" "),
         alpns.join(",")
     )

@@ -12,6 +12,7 @@ use rustls::pki_types::CertificateDer;
 use crate::app::AppFactory;
 use crate::datapath::{self, socket, Offloads, Waker};
 use crate::error::Error;
+use crate::routing::{steering, CidLayout, Handoff, Steering};
 use crate::shard::{Shard, ShardParams};
 use crate::stats::{ShardStats, StatsSnapshot};
 use crate::tls::{self, Identity};
@@ -31,6 +32,9 @@ pub struct ServerBuilder {
     identity: Option<Identity>,
     drain_timeout: Duration,
     idle_timeout: Duration,
+    steering: Steering,
+    lb_config_id: u8,
+    server_id: Vec<u8>,
 }
 
 impl ServerBuilder {
@@ -77,6 +81,25 @@ impl ServerBuilder {
         self
     }
 
+    /// How datagrams reach their shard (default [`Steering::Bpf`], which falls back to
+    /// [`Steering::None`] with a warning if the kernel refuses the program).
+    pub fn steering(mut self, steering: Steering) -> Self {
+        self.steering = steering;
+        self
+    }
+
+    /// The QUIC-LB config rotation id (0..=6) in the first octet of every CID (default 0).
+    pub fn lb_config_id(mut self, id: u8) -> Self {
+        self.lb_config_id = id;
+        self
+    }
+
+    /// A server id to embed in every CID for a QUIC-LB load balancer (default none).
+    pub fn server_id(mut self, id: Vec<u8>) -> Self {
+        self.server_id = id;
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -108,7 +131,9 @@ impl ServerBuilder {
             alpns.clone(),
             self.idle_timeout,
         )?);
-        let endpoint_config = Arc::new(quinn_proto::EndpointConfig::default());
+        let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
+        // One stateless-reset key for all shards, so any shard can answer for any CID.
+        let reset_key = tls::random_hmac_key()?;
 
         let requested = if self.listen.is_empty() {
             vec![DEFAULT_LISTEN
@@ -143,18 +168,49 @@ impl ServerBuilder {
             }
         }
 
+        let steering = match self.steering {
+            Steering::None => Steering::None,
+            Steering::Bpf => {
+                let program = steering::program(&layout);
+                let attached = per_shard[0]
+                    .iter()
+                    .try_for_each(|(socket, _)| socket::attach_reuseport_cbpf(socket, &program));
+                match attached {
+                    Ok(()) => Steering::Bpf,
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            "attaching the CID steering program failed; falling back to --steering none (shards hand packets to their owner)"
+                        );
+                        Steering::None
+                    }
+                }
+            }
+        };
+
+        let wakers = (0..shards)
+            .map(|i| datapath::waker().map_err(|e| Error::Shard(i, e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (handoff, inboxes) = Handoff::new(wakers.clone());
+        let handoff = Arc::new(handoff);
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = bounded::<(usize, Result<(), String>)>(shards);
         let (exit_tx, exit_rx) = bounded::<usize>(shards);
         let mut handles = Vec::with_capacity(shards);
-        for (index, sockets) in per_shard.into_iter().enumerate() {
+        for (index, (sockets, inbox)) in per_shard.into_iter().zip(inboxes).enumerate() {
             let stats = Arc::new(ShardStats::default());
-            let waker = datapath::waker().map_err(|e| Error::Shard(index, e.to_string()))?;
+            let waker = wakers[index].clone();
+            let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
+            let cids = layout.clone();
+            endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
             let params = ShardParams {
                 index,
                 sockets,
                 offloads,
-                endpoint_config: endpoint_config.clone(),
+                endpoint_config: Arc::new(endpoint_config),
+                layout: layout.clone(),
+                handoff: handoff.clone(),
+                inbox,
                 server_config: server_config.clone(),
                 apps: self.apps.clone(),
                 stats: stats.clone(),
@@ -205,6 +261,7 @@ impl ServerBuilder {
             identity,
             offloads,
             alpns,
+            steering,
         };
         for _ in 0..shards {
             match ready_rx.recv_timeout(START_TIMEOUT) {
@@ -255,6 +312,7 @@ pub struct Server {
     identity: Identity,
     offloads: Offloads,
     alpns: Vec<Vec<u8>>,
+    steering: Steering,
 }
 
 impl Server {
@@ -268,6 +326,9 @@ impl Server {
             identity: None,
             drain_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            steering: Steering::Bpf,
+            lb_config_id: 0,
+            server_id: Vec::new(),
         }
     }
 
@@ -294,6 +355,11 @@ impl Server {
     /// Offloads every socket has.
     pub fn offloads(&self) -> Offloads {
         self.offloads
+    }
+
+    /// How datagrams reach their shard (after any fallback).
+    pub fn steering(&self) -> Steering {
+        self.steering
     }
 
     /// ALPN protocols served, one per app.

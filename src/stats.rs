@@ -84,6 +84,14 @@ shard_stats! {
     tx_bytes,
     /// Sends that carried more than one datagram for GSO to split.
     tx_gso_batches,
+    /// Datagrams this shard's endpoint processed (its own and those handed to it).
+    processed_local,
+    /// Datagrams handed to their owning shard.
+    handoff_out,
+    /// Datagrams received from other shards.
+    handoff_in,
+    /// Datagrams dropped because the owner's inbox was full.
+    handoff_dropped,
     /// Connections whose handshake completed.
     conns_accepted,
     /// Connections currently in the table (gauge).

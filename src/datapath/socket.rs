@@ -133,3 +133,30 @@ fn set_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Attaches a classic BPF program that picks the socket of `socket`'s reuseport group for each
+/// datagram (`SO_ATTACH_REUSEPORT_CBPF`); it applies to the whole group.
+pub fn attach_reuseport_cbpf(socket: &Socket, program: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies the
+    // instructions during the call and keeps no pointer to our memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -25,7 +25,9 @@ use socket2::Socket;
 
 use crate::app::{App, AppFactory, Conn, ConnId};
 use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
+use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
+use crossbeam_channel::Receiver;
 use timers::Timers;
 
 /// Error code and reason of the close every connection gets at shutdown.
@@ -46,6 +48,9 @@ pub(crate) struct ShardParams {
     pub sockets: Vec<(Socket, bool)>,
     pub offloads: Offloads,
     pub endpoint_config: Arc<quinn_proto::EndpointConfig>,
+    pub layout: CidLayout,
+    pub handoff: Arc<Handoff>,
+    pub inbox: Receiver<Forwarded>,
     pub server_config: Arc<quinn_proto::ServerConfig>,
     pub apps: Vec<Arc<dyn AppFactory>>,
     pub stats: Arc<ShardStats>,
@@ -98,6 +103,11 @@ pub(crate) struct Shard {
     stats: Arc<ShardStats>,
     stop: Arc<AtomicBool>,
     drain_timeout: Duration,
+    layout: CidLayout,
+    handoff: Arc<Handoff>,
+    inbox: Receiver<Forwarded>,
+    /// Shards sent packets since the last wake-up round.
+    wake_owed: Vec<bool>,
 }
 
 impl Shard {
@@ -129,6 +139,10 @@ impl Shard {
             stats: p.stats,
             stop: p.stop,
             drain_timeout: p.drain_timeout,
+            wake_owed: vec![false; p.layout.shards()],
+            layout: p.layout,
+            handoff: p.handoff,
+            inbox: p.inbox,
         })
     }
 
@@ -188,6 +202,15 @@ impl Shard {
                 crate::datapath::Event::Wake => {}
             }
         }
+        while let Ok(f) = self.inbox.try_recv() {
+            self.stats.handoff_in.add(1);
+            self.on_datagram(now, f.socket, f.src, f.dst_ip, f.ecn, f.data);
+        }
+        for (shard, owed) in self.wake_owed.iter_mut().enumerate() {
+            if std::mem::take(owed) {
+                self.handoff.wake(shard);
+            }
+        }
     }
 
     fn on_receive(
@@ -209,7 +232,24 @@ impl Shard {
         let ecn = EcnCodepoint::from_bits(meta.ecn);
         while !data.is_empty() {
             let datagram = data.split_to(segment.min(data.len()));
-            self.on_datagram(now, socket, src, meta.dst_ip, ecn, datagram);
+            match steering::owner(&self.layout, &datagram) {
+                Some(owner) if owner != self.index => {
+                    let packet = Forwarded {
+                        socket,
+                        src,
+                        dst_ip: meta.dst_ip,
+                        ecn,
+                        data: datagram,
+                    };
+                    if self.handoff.send(owner, packet).is_ok() {
+                        self.stats.handoff_out.add(1);
+                        self.wake_owed[owner] = true;
+                    } else {
+                        self.stats.handoff_dropped.add(1);
+                    }
+                }
+                _ => self.on_datagram(now, socket, src, meta.dst_ip, ecn, datagram),
+            }
         }
     }
 
@@ -222,6 +262,7 @@ impl Shard {
         ecn: Option<EcnCodepoint>,
         datagram: BytesMut,
     ) {
+        self.stats.processed_local.add(1);
         self.response.clear();
         match self
             .endpoint

@@ -74,6 +74,14 @@ impl Identity {
     }
 }
 
+/// A fresh random HMAC-SHA256 key (for stateless resets).
+pub fn random_hmac_key() -> Result<Arc<ring::hmac::Key>, Error> {
+    let rng = ring::rand::SystemRandom::new();
+    ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+        .map(Arc::new)
+        .map_err(|_| Error::Tls("the system random number generator failed".into()))
+}
+
 /// Path MTU discovery searches up to this UDP payload size (quinn-proto's default).
 pub const MAX_UDP_PAYLOAD: u16 = 1452;
 
