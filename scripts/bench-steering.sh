@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end echo with CID steering on (`--steering bpf`) and off (`--steering none`, where
-# shards hand foreign packets to their owner), 100 connections of 1 KiB request/response.
-# Usage: scripts/bench-steering.sh [--shards N] [--runs K] [other bench args]
+# shards hand foreign packets to their owner): 100 connections of 1 KiB request/response.
+# Usage: [SHARDS=2] [RUNS=3] scripts/bench-steering.sh [other echo bench args]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release --quiet
@@ -10,8 +10,8 @@ trap 'rm -rf "$out"' EXIT
 for mode in bpf none; do
     echo "== --steering $mode"
     cargo bench --quiet --bench echo -- --servers quring --workloads rr --conns 100 \
-        --shards 2 --runs 3 --quring-arg=--steering --quring-arg="$mode" \
-        --json "$out/$mode.json" "$@" | grep -E '^(rr|workload)'
+        --shards "${SHARDS:-2}" --runs "${RUNS:-3}" \
+        --quring-arg=--steering --quring-arg="$mode" --json "$out/$mode.json" "$@"
 done
 python3 - "$out/bpf.json" "$out/none.json" <<'PY'
 import json, sys
