@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{connect, echo_stream, pattern, DEADLINE};
-use quinn::crypto::rustls::QuicClientConfig;
+use common::{
+    client_config_trusting, connect, echo_stream, endpoint_with, pattern, runtime, DEADLINE,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -312,62 +312,14 @@ fn self_signed_pem() -> (String, String) {
 /// A quinn client trusting the certificate(s) in `cert_pem`, offering ALPN `echo`, bound to
 /// loopback of `server`'s family. Must be called inside a tokio runtime.
 ///
-/// Its socket asks for a 4 MiB receive buffer so that nothing the server sends is dropped on
-/// loopback (its CONNECTION_CLOSE included) even on a machine so busy the client barely runs.
 /// Flow-control windows are large, so a SIGTERM can land while the server's congestion window
 /// is full: quinn-proto 0.11.19 alone would then never send CONNECTION_CLOSE
 /// (quinn-rs/quinn#2785); `src/shard/closing.rs` makes sure it does.
 fn client_trusting(cert_pem: &Path, server: SocketAddr) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(cert_pem).expect("read --cert-out file") {
-        roots
-            .add(cert.expect("--cert-out holds PEM certificates"))
-            .expect("certificate is valid");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"echo".to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).expect("QUIC-capable TLS config");
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-        .receive_window(quinn::VarInt::from_u32(32 << 20));
-    config.transport_config(Arc::new(transport));
-    let bind: SocketAddr = if server.is_ipv6() {
-        "[::1]:0".parse().expect("addr")
-    } else {
-        "127.0.0.1:0".parse().expect("addr")
-    };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(bind),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )
-    .expect("client socket");
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    socket.bind(&bind.into()).expect("bind client socket");
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .expect("client endpoint");
-    endpoint.set_default_client_config(config);
-    endpoint
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .expect("read --cert-out file")
+        .map(|c| c.expect("--cert-out holds PEM certificates"));
+    endpoint_with(client_config_trusting(certs, b"echo"), server)
 }
 
 /// Whether a `stats total ...` line reports `name=value`.

@@ -24,14 +24,6 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// An unpinned two-shard echo server on a free loopback port.
 fn start(idle_timeout: Duration, drain_timeout: Duration) -> Server {
     Server::builder()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
 use quring::Server;
+use rustls::pki_types::CertificateDer;
 
 /// Deadline for any one client operation in a test.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -24,12 +25,16 @@ pub fn start_echo(shards: usize, listen: &str) -> Server {
         .expect("server starts")
 }
 
-/// A quinn client configuration trusting `server`'s certificate, offering `alpn`.
-pub fn client_config(server: &Server, alpn: &[u8]) -> quinn::ClientConfig {
+/// A quinn client configuration trusting exactly `certs`, offering `alpn`, with windows
+/// large enough that flow control never limits a test.
+pub fn client_config_trusting(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+    alpn: &[u8],
+) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(server.certificate().clone())
-        .expect("certificate is valid");
+    for cert in certs {
+        roots.add(cert).expect("certificate is valid");
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -49,14 +54,29 @@ pub fn client_config(server: &Server, alpn: &[u8]) -> quinn::ClientConfig {
     config
 }
 
-/// A client endpoint on an ephemeral port of the same family as `server_addr`.
+/// A quinn client configuration trusting `server`'s certificate, offering `alpn`.
+pub fn client_config(server: &Server, alpn: &[u8]) -> quinn::ClientConfig {
+    client_config_trusting([server.certificate().clone()], alpn)
+}
+
+/// A client endpoint on an ephemeral port of the same family as `server_addr`, offering ALPN
+/// `echo` and trusting `server`.
 pub fn client_endpoint(server: &Server, server_addr: SocketAddr) -> quinn::Endpoint {
+    endpoint_with(client_config(server, b"echo"), server_addr)
+}
+
+/// A client endpoint with `config` on an ephemeral loopback port of `server_addr`'s family.
+/// Must be called inside a tokio runtime.
+///
+/// Its socket asks for a 4 MiB receive buffer, as a load client would: the server answers in
+/// GSO bursts, and nothing it sends (its CONNECTION_CLOSE included) may be dropped on
+/// loopback even when the client barely gets to run.
+pub fn endpoint_with(config: quinn::ClientConfig, server_addr: SocketAddr) -> quinn::Endpoint {
     let bind: SocketAddr = if server_addr.is_ipv6() {
         "[::1]:0".parse().expect("addr")
     } else {
         "127.0.0.1:0".parse().expect("addr")
     };
-    // A roomy receive buffer, as a load client would use: the server answers in GSO bursts.
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(bind),
         socket2::Type::DGRAM,
@@ -72,8 +92,17 @@ pub fn client_endpoint(server: &Server, server_addr: SocketAddr) -> quinn::Endpo
         Arc::new(quinn::TokioRuntime),
     )
     .expect("client endpoint");
-    endpoint.set_default_client_config(client_config(server, b"echo"));
+    endpoint.set_default_client_config(config);
     endpoint
+}
+
+/// A two-thread tokio runtime for tests that drive clients from plain `#[test]`s.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// Connects to `addr` as `localhost` within the deadline.
