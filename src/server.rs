@@ -14,7 +14,7 @@ use crate::datapath::{self, socket, Offloads, Waker};
 use crate::error::Error;
 use crate::shard::{Shard, ShardParams};
 use crate::stats::{ShardStats, StatsSnapshot};
-use crate::tls::{self, Identity};
+use crate::tls::{self, Identity, TicketCache};
 
 /// The address `quring serve` listens on without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
@@ -31,6 +31,10 @@ pub struct ServerBuilder {
     identity: Option<Identity>,
     drain_timeout: Duration,
     idle_timeout: Duration,
+    ticket_cache: Option<Arc<TicketCache>>,
+    ticket_capacity: usize,
+    tickets: usize,
+    zero_rtt: bool,
 }
 
 impl ServerBuilder {
@@ -77,6 +81,35 @@ impl ServerBuilder {
         self
     }
 
+    /// Most session tickets kept for resumption, shared by all shards (default
+    /// [`tls::DEFAULT_TICKET_CAPACITY`]); the oldest go first. Ignored with
+    /// [`ServerBuilder::ticket_cache`].
+    pub fn ticket_capacity(mut self, tickets: usize) -> Self {
+        self.ticket_capacity = tickets;
+        self
+    }
+
+    /// Keeps session tickets in `cache` (for example one shared with another server, or one
+    /// sized by hand) instead of a new one.
+    pub fn ticket_cache(mut self, cache: Arc<TicketCache>) -> Self {
+        self.ticket_cache = Some(cache);
+        self
+    }
+
+    /// Session tickets sent to each client after its handshake (default
+    /// [`tls::DEFAULT_TICKETS`]; 0 turns resumption off).
+    pub fn tickets(mut self, n: usize) -> Self {
+        self.tickets = n;
+        self
+    }
+
+    /// Whether clients resuming a session may send 0-RTT data (default `true`). Each ticket is
+    /// accepted once, so early data cannot be replayed into a second connection.
+    pub fn zero_rtt(mut self, on: bool) -> Self {
+        self.zero_rtt = on;
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -103,10 +136,19 @@ impl ServerBuilder {
             Some(identity) => identity,
             None => Identity::self_signed()?,
         };
-        let server_config = Arc::new(tls::server_config(
+        let ticket_cache = self
+            .ticket_cache
+            .unwrap_or_else(|| Arc::new(TicketCache::for_server(shards, self.ticket_capacity)));
+        let resumption = tls::Resumption {
+            cache: ticket_cache.clone(),
+            tickets: self.tickets,
+            zero_rtt: self.zero_rtt,
+        };
+        let server_config = Arc::new(tls::server_config_with(
             &identity,
             alpns.clone(),
             self.idle_timeout,
+            &resumption,
         )?);
         let endpoint_config = Arc::new(quinn_proto::EndpointConfig::default());
 
@@ -205,6 +247,7 @@ impl ServerBuilder {
             identity,
             offloads,
             alpns,
+            ticket_cache,
         };
         for _ in 0..shards {
             match ready_rx.recv_timeout(START_TIMEOUT) {
@@ -255,6 +298,7 @@ pub struct Server {
     identity: Identity,
     offloads: Offloads,
     alpns: Vec<Vec<u8>>,
+    ticket_cache: Arc<TicketCache>,
 }
 
 impl Server {
@@ -268,6 +312,10 @@ impl Server {
             identity: None,
             drain_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            ticket_cache: None,
+            ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,
+            tickets: tls::DEFAULT_TICKETS,
+            zero_rtt: true,
         }
     }
 
@@ -304,6 +352,11 @@ impl Server {
     /// Current counters, one snapshot per shard.
     pub fn stats(&self) -> Vec<StatsSnapshot> {
         self.shards.iter().map(|s| s.stats.snapshot()).collect()
+    }
+
+    /// The session ticket cache all shards share (its counters: [`TicketCache::stats`]).
+    pub fn ticket_cache(&self) -> &Arc<TicketCache> {
+        &self.ticket_cache
     }
 
     /// Receives a shard's index when its thread ends; before shutdown that means it failed.
