@@ -115,9 +115,16 @@ struct Watched {
 
 impl Watched {
     fn start(shards: usize) -> Watched {
+        Watched::start_with(shards, |b| b)
+    }
+
+    fn start_with(
+        shards: usize,
+        configure: impl FnOnce(quring::ServerBuilder) -> quring::ServerBuilder,
+    ) -> Watched {
         let log = Log::default();
         let (tx, closed) = mpsc::channel(1024);
-        let server = Server::builder()
+        let server = configure(Server::builder())
             .listen("127.0.0.1:0".parse().expect("addr"))
             .shards(shards)
             .pin(false)
@@ -576,6 +583,59 @@ async fn quinn_first_flight_replayed_at_once_is_accepted_once() {
         drop(replayer);
     }
     w.server.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_0rtt_sessions_still_resume() {
+    let mut w = Watched::start_with(1, |b| b.zero_rtt(false));
+    let store = Counting::new();
+    let endpoint = endpoint(&client_config(&w.server, store.clone(), true));
+    let conn = connect(&endpoint, w.addr()).await;
+    echo_ok(&conn, 1).await;
+    store.wait_for(1).await;
+    conn.close(0u32.into(), b"done");
+    w.closed(1).await;
+    let connecting = endpoint.connect(w.addr(), "localhost").expect("connect");
+    let connecting = match connecting.into_0rtt() {
+        Ok(_) => panic!("a ticket from a server without 0-RTT must not allow early data"),
+        Err(connecting) => connecting,
+    };
+    let conn = tokio::time::timeout(DEADLINE, connecting)
+        .await
+        .expect("handshake within the deadline")
+        .expect("handshake");
+    echo_ok(&conn, 2).await;
+    conn.close(0u32.into(), b"done");
+    w.closed(1).await;
+    assert_eq!(handshakes(&w.total()), (1, 1, 0), "{}", w.total());
+    let seen = w.seen();
+    assert!(seen[1].resumed && !seen[1].zero_rtt, "{seen:?}");
+    w.server.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_tickets_or_no_capacity_means_full_handshakes() {
+    for (tickets, capacity) in [(0, 1000), (2, 0)] {
+        let mut w = Watched::start_with(1, |b| b.tickets(tickets).ticket_capacity(capacity));
+        let store = Counting::new();
+        let endpoint = endpoint(&client_config(&w.server, store.clone(), true));
+        for seed in 0..2 {
+            let conn = connect(&endpoint, w.addr()).await;
+            // A ticket would come before the echo: the server sends it on the client's
+            // Finished, which precedes the request.
+            echo_ok(&conn, seed).await;
+            conn.close(0u32.into(), b"done");
+            w.closed(1).await;
+        }
+        assert_eq!(
+            store.received(),
+            0,
+            "--tickets {tickets} --ticket-capacity {capacity}"
+        );
+        assert_eq!(handshakes(&w.total()), (2, 0, 0), "{}", w.total());
+        assert_eq!(w.server.ticket_cache().stats().puts, 0);
+        w.server.shutdown().expect("clean shutdown");
+    }
 }
 
 // ---- aioquic client ----------------------------------------------------------------------

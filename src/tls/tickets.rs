@@ -152,7 +152,7 @@ struct Stored {
 ///
 /// The eviction queue lists ids in insertion order. Taking a ticket removes it from the map and
 /// leaves its queue entry behind as a tombstone (its sequence number no longer matches); the
-/// queue is compacted once tombstones outnumber live entries by [`COMPACT_SLACK`], so it never
+/// queue is compacted once tombstones outnumber live entries by a small slack, so it never
 /// holds more than twice the live entries plus that slack, and compaction costs O(1) amortised.
 pub struct CacheShard {
     map: HashMap<Arc<[u8]>, Stored>,

@@ -231,6 +231,8 @@ class EchoClientProtocol(QuicConnectionProtocol):
         self.dgram_all_back: asyncio.Future = loop.create_future()
         # Set after every transmit(), cleared by wait_transmitted(); paces datagrams.
         self._transmitted = asyncio.Event()
+        # Resolves to the first session ticket received (set by open_connection()).
+        self.ticket_received: Optional[asyncio.Future] = None
 
     # -- asyncio.DatagramProtocol ------------------------------------------
 
@@ -452,11 +454,10 @@ async def open_connection(args: argparse.Namespace, report: Report) -> EchoClien
         session_ticket=args.ticket,
     )
     config.load_verify_locations(cafile=args.cafile)
-    tickets: List = []
     ticket_received: asyncio.Future = loop.create_future()
 
     def on_ticket(ticket) -> None:
-        tickets.append(ticket)
+        # The first ticket is the one saved; later ones are dropped.
         if not ticket_received.done():
             ticket_received.set_result(ticket)
 
