@@ -232,7 +232,9 @@ impl Conn<'_> {
     }
 
     /// Whether the connection resumed an earlier session with a session ticket (rather than a
-    /// full handshake with the certificate). Known from the first callback on.
+    /// full handshake with the certificate). Known from the first callback on. Reported for
+    /// server connections (quring's server reads it from its own ServerHello); `false` on a
+    /// client connection.
     pub fn resumed(&self) -> bool {
         crate::tls::handshake::handshake_data(self.inner.crypto_session())
             .is_some_and(|d| d.resumed)
