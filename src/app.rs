@@ -48,7 +48,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn_proto::{
     ClosedStream, ConnectionError, ConnectionStats, Dir, FinishError, ReadError, ReadableError,
-    SendDatagramError, StreamId, VarInt, WriteError,
+    SendDatagramError, Side, StreamId, VarInt, WriteError,
 };
 
 /// Identifies a connection for its whole life, unique within one server process.
@@ -224,6 +224,32 @@ impl Conn<'_> {
     pub fn stats(&self) -> ConnectionStats {
         self.inner.stats()
     }
+
+    /// Whether the handshake is still in progress. An app hears of a connection this early
+    /// only when the server accepted the client's 0-RTT data: what it reads then is early data.
+    pub fn is_handshaking(&self) -> bool {
+        self.inner.is_handshaking()
+    }
+
+    /// Whether the connection resumed an earlier session with a session ticket (rather than a
+    /// full handshake with the certificate). Known from the first callback on. Reported for
+    /// server connections (quring's server reads it from its own ServerHello); `false` on a
+    /// client connection.
+    pub fn resumed(&self) -> bool {
+        crate::tls::handshake::handshake_data(self.inner.crypto_session())
+            .is_some_and(|d| d.resumed)
+    }
+
+    /// Whether the client's 0-RTT (early) data was accepted. Tickets are single-use, so early
+    /// data is accepted once per ticket at most, on any shard: a replayed ClientHello gets a
+    /// full handshake. Known from the first callback on.
+    pub fn accepted_0rtt(&self) -> bool {
+        match self.inner.side() {
+            // rustls gives a server 0-RTT keys only once it accepted the early data.
+            Side::Server => self.inner.has_0rtt(),
+            Side::Client => !self.inner.is_handshaking() && self.inner.accepted_0rtt(),
+        }
+    }
 }
 
 fn write_error(e: WriteError) -> Result<usize, StreamError> {
@@ -237,7 +263,10 @@ fn write_error(e: WriteError) -> Result<usize, StreamError> {
 /// A per-shard application. Every method has a default that ignores the event, except
 /// [`App::on_readable`]: an app must read what its peers send.
 pub trait App {
-    /// The handshake completed: the connection is established.
+    /// The handshake completed: the connection is established. Called once per connection,
+    /// before any other callback for it; for a connection whose 0-RTT data was accepted that
+    /// is before the handshake completes, as its early data arrives
+    /// ([`Conn::is_handshaking`] is still `true`).
     fn on_connected(&mut self, _conn: &mut Conn<'_>) {}
 
     /// `stream` may have data (or its end, or a reset) to read: read until

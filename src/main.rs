@@ -73,6 +73,17 @@ struct ServeArgs {
     /// Close connections idle for this long.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
     idle_timeout: f64,
+    /// Most session tickets kept for resumption, shared by all shards (oldest evicted first).
+    #[arg(long, value_name = "N", default_value_t = quring::tls::DEFAULT_TICKET_CAPACITY as u32,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    ticket_capacity: u32,
+    /// Session tickets sent to each client after its handshake (0: no resumption).
+    #[arg(long, value_name = "N", default_value_t = quring::tls::DEFAULT_TICKETS as u8,
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    tickets: u8,
+    /// Refuse 0-RTT data (sessions still resume, with one more round trip).
+    #[arg(long = "no-0rtt")]
+    no_0rtt: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -146,7 +157,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .idle_timeout(Duration::from_secs_f64(args.idle_timeout.max(0.001)))
         .steering(args.steering)
         .lb_config_id(args.lb_config_id)
-        .server_id(args.server_id.clone().map(|id| id.0).unwrap_or_default());
+        .server_id(args.server_id.clone().map(|id| id.0).unwrap_or_default())
+        .ticket_capacity(args.ticket_capacity as usize)
+        .tickets(usize::from(args.tickets))
+        .zero_rtt(!args.no_0rtt);
     for addr in &args.listen {
         builder = builder.listen(*addr);
     }
@@ -198,7 +212,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     let code = loop {
         select! {
             recv(signals) -> _ => break ExitCode::SUCCESS,
-            recv(ticker) -> _ => print_stats(&server.stats()),
+            recv(ticker) -> _ => {
+                print_stats(&server.stats());
+                println!("stats tickets {}", server.ticket_cache().stats());
+            }
             recv(server.shard_exited()) -> index => {
                 eprintln!("quring: error: shard {} stopped unexpectedly; shutting down", index.unwrap_or(0));
                 break ExitCode::FAILURE;
@@ -207,6 +224,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     };
     let result = server.shutdown();
     print_stats(&server.stats());
+    println!("stats tickets {}", server.ticket_cache().stats());
     match result {
         Ok(()) => Ok(code),
         Err(e) => {

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::routing::{steering, CidLayout, Handoff, Steering};
 use crate::shard::{Shard, ShardParams};
 use crate::stats::{ShardStats, StatsSnapshot};
-use crate::tls::{self, Identity};
+use crate::tls::{self, Identity, TicketCache};
 
 /// The address `quring serve` listens on without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
@@ -35,6 +35,10 @@ pub struct ServerBuilder {
     steering: Steering,
     lb_config_id: u8,
     server_id: Vec<u8>,
+    ticket_cache: Option<Arc<TicketCache>>,
+    ticket_capacity: usize,
+    tickets: usize,
+    zero_rtt: bool,
 }
 
 impl ServerBuilder {
@@ -100,6 +104,35 @@ impl ServerBuilder {
         self
     }
 
+    /// Most session tickets kept for resumption, shared by all shards (default
+    /// [`tls::DEFAULT_TICKET_CAPACITY`]); the oldest go first. Ignored with
+    /// [`ServerBuilder::ticket_cache`].
+    pub fn ticket_capacity(mut self, tickets: usize) -> Self {
+        self.ticket_capacity = tickets;
+        self
+    }
+
+    /// Keeps session tickets in `cache` (for example one shared with another server, or one
+    /// sized by hand) instead of a new one.
+    pub fn ticket_cache(mut self, cache: Arc<TicketCache>) -> Self {
+        self.ticket_cache = Some(cache);
+        self
+    }
+
+    /// Session tickets sent to each client after its handshake (default
+    /// [`tls::DEFAULT_TICKETS`]; 0 turns resumption off).
+    pub fn tickets(mut self, n: usize) -> Self {
+        self.tickets = n;
+        self
+    }
+
+    /// Whether clients resuming a session may send 0-RTT data (default `true`). Each ticket is
+    /// accepted once, so early data cannot be replayed into a second connection.
+    pub fn zero_rtt(mut self, on: bool) -> Self {
+        self.zero_rtt = on;
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -126,10 +159,19 @@ impl ServerBuilder {
             Some(identity) => identity,
             None => Identity::self_signed()?,
         };
-        let server_config = Arc::new(tls::server_config(
+        let ticket_cache = self
+            .ticket_cache
+            .unwrap_or_else(|| Arc::new(TicketCache::for_server(shards, self.ticket_capacity)));
+        let resumption = tls::Resumption {
+            cache: ticket_cache.clone(),
+            tickets: self.tickets,
+            zero_rtt: self.zero_rtt,
+        };
+        let server_config = Arc::new(tls::server_config_with(
             &identity,
             alpns.clone(),
             self.idle_timeout,
+            &resumption,
         )?);
         let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
         // One stateless-reset key for all shards, so any shard can answer for any CID.
@@ -262,6 +304,7 @@ impl ServerBuilder {
             offloads,
             alpns,
             steering,
+            ticket_cache,
         };
         for _ in 0..shards {
             match ready_rx.recv_timeout(START_TIMEOUT) {
@@ -313,6 +356,7 @@ pub struct Server {
     offloads: Offloads,
     alpns: Vec<Vec<u8>>,
     steering: Steering,
+    ticket_cache: Arc<TicketCache>,
 }
 
 impl Server {
@@ -329,6 +373,10 @@ impl Server {
             steering: Steering::Bpf,
             lb_config_id: 0,
             server_id: Vec::new(),
+            ticket_cache: None,
+            ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,
+            tickets: tls::DEFAULT_TICKETS,
+            zero_rtt: true,
         }
     }
 
@@ -370,6 +418,11 @@ impl Server {
     /// Current counters, one snapshot per shard.
     pub fn stats(&self) -> Vec<StatsSnapshot> {
         self.shards.iter().map(|s| s.stats.snapshot()).collect()
+    }
+
+    /// The session ticket cache all shards share (its counters: [`TicketCache::stats`]).
+    pub fn ticket_cache(&self) -> &Arc<TicketCache> {
+        &self.ticket_cache
     }
 
     /// Receives a shard's index when its thread ends; before shutdown that means it failed.

@@ -98,6 +98,12 @@ shard_stats! {
     conns_open,
     /// Connections removed from the table.
     conns_closed,
+    /// Handshakes completed with the certificate (no session resumed).
+    handshakes_full,
+    /// Handshakes completed by resuming a session with a ticket (with or without 0-RTT).
+    handshakes_resumed,
+    /// Resumed handshakes whose 0-RTT data was accepted.
+    handshakes_0rtt,
     /// Dropped: the control messages did not fit (`MSG_CTRUNC`).
     drop_ctrunc,
     /// Dropped: the datagram did not fit the receive buffer (`MSG_TRUNC`).

@@ -470,10 +470,7 @@ fn dispatch(
             .conn
             .crypto_session()
             .handshake_data()
-            .and_then(|d| {
-                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
-                    .ok()
-            })
+            .and_then(|d| d.downcast::<crate::tls::HandshakeData>().ok())
             .and_then(|d| d.protocol)
             .unwrap_or_default();
         entry.app = apps.iter().position(|a| a.alpn == alpn);
@@ -497,12 +494,28 @@ fn dispatch(
         alpn: &entry.alpn,
         now,
     };
+    // Accepted 0-RTT data arrives before the handshake completes: announce the connection
+    // before its first stream or datagram.
+    if !entry.announced && !matches!(event, Event::Connected | Event::ConnectionLost { .. }) {
+        entry.announced = true;
+        app.on_connected(&mut conn);
+    }
     match event {
         Event::HandshakeDataReady => {}
         Event::Connected => {
             stats.conns_accepted.add(1);
-            entry.announced = true;
-            app.on_connected(&mut conn);
+            if !conn.resumed() {
+                stats.handshakes_full.add(1);
+            } else {
+                stats.handshakes_resumed.add(1);
+                if conn.accepted_0rtt() {
+                    stats.handshakes_0rtt.add(1);
+                }
+            }
+            if !entry.announced {
+                entry.announced = true;
+                app.on_connected(&mut conn);
+            }
         }
         Event::ConnectionLost { reason } => {
             if entry.announced && !entry.closed {

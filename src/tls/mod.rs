@@ -1,4 +1,7 @@
-//! Certificates and the TLS and QUIC configuration built from them.
+//! Certificates, session tickets, and the TLS and QUIC configuration built from them.
+
+pub mod handshake;
+pub mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +12,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
+pub use handshake::HandshakeData;
+pub use tickets::{ClientTicketStore, TicketCache, TicketStats, DEFAULT_TICKET_CAPACITY};
 
 /// Names the embedded self-signed certificate is valid for.
 pub const SELF_SIGNED_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -85,12 +90,59 @@ pub fn random_hmac_key() -> Result<Arc<ring::hmac::Key>, Error> {
 /// Path MTU discovery searches up to this UDP payload size (quinn-proto's default).
 pub const MAX_UDP_PAYLOAD: u16 = 1452;
 
+/// TLS 1.3 tickets a server sends each client after its handshake, without `--tickets`.
+pub const DEFAULT_TICKETS: usize = 2;
+
+/// The connection-level flow-control window a server grants (`initial_max_data`). QUIC fixes
+/// TLS's `max_early_data_size` at 0xffffffff and bounds 0-RTT data with this instead
+/// (RFC 9001 §4.6.1), so it is also the most early data one connection can send.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// How a server resumes sessions.
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    /// Where the tickets are kept; one cache shared by every shard.
+    pub cache: Arc<TicketCache>,
+    /// TLS 1.3 tickets sent to each client after its handshake (0: no resumption).
+    pub tickets: usize,
+    /// Whether a client may send 0-RTT data with a ticket.
+    pub zero_rtt: bool,
+}
+
+impl Resumption {
+    /// [`DEFAULT_TICKETS`] tickets per handshake kept in `cache`, 0-RTT on.
+    pub fn new(cache: Arc<TicketCache>) -> Resumption {
+        Resumption {
+            cache,
+            tickets: DEFAULT_TICKETS,
+            zero_rtt: true,
+        }
+    }
+}
+
 /// The QUIC server configuration all shards share: TLS 1.3 with `identity`, offering
-/// `alpns`, with transport parameters sized for a load-test target.
+/// `alpns`, with transport parameters sized for a load-test target, resuming sessions with
+/// tickets in a fresh cache of [`DEFAULT_TICKET_CAPACITY`] and accepting 0-RTT data.
 pub fn server_config(
     identity: &Identity,
     alpns: Vec<Vec<u8>>,
     idle_timeout: Duration,
+) -> Result<quinn_proto::ServerConfig, Error> {
+    let cache = Arc::new(TicketCache::for_server(1, DEFAULT_TICKET_CAPACITY));
+    server_config_with(identity, alpns, idle_timeout, &Resumption::new(cache))
+}
+
+/// Like [`server_config`], resuming sessions as `resumption` says.
+///
+/// Tickets are always stateful: rustls stores each in `resumption.cache` under a random id and
+/// takes it out when a client presents it, so a ticket resumes one connection at most and
+/// 0-RTT data cannot be replayed into a second one, on any shard. A stateless ticketer (whose
+/// tickets are valid until they expire, however often they are used) is never configured.
+pub fn server_config_with(
+    identity: &Identity,
+    alpns: Vec<Vec<u8>>,
+    idle_timeout: Duration,
+    resumption: &Resumption,
 ) -> Result<quinn_proto::ServerConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -100,7 +152,18 @@ pub fn server_config(
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
         .map_err(|e| Error::Tls(format!("certificate and key: {e}")))?;
     tls.alpn_protocols = alpns;
+    tls.session_storage = resumption.cache.clone();
+    tls.send_tls13_tickets = resumption.tickets;
+    // QUIC allows only 0 and u32::MAX here (RFC 9001 §4.6.1); the amount of early data is
+    // bounded by the transport parameters instead (CONNECTION_RECEIVE_WINDOW).
+    tls.max_early_data_size = if resumption.zero_rtt { u32::MAX } else { 0 };
+    if tls.ticketer.enabled() && tls.max_early_data_size > 0 {
+        return Err(Error::Tls(
+            "0-RTT must not be combined with stateless tickets".into(),
+        ));
+    }
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let crypto = handshake::ObservingServerConfig::new(Arc::new(crypto));
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn_proto::TransportConfig::default();
     let idle = quinn_proto::IdleTimeout::try_from(idle_timeout)
@@ -110,6 +173,7 @@ pub fn server_config(
         .max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(1024))
         .max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(1024))
         .stream_receive_window(quinn_proto::VarInt::from_u32(4 << 20))
+        .receive_window(quinn_proto::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(16 << 20)
         .datagram_receive_buffer_size(Some(4 << 20))
         .datagram_send_buffer_size(4 << 20)

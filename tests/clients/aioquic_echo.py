@@ -10,6 +10,7 @@ Usage:
         [--streams N] [--stream-size BYTES]
         [--datagrams N] [--datagram-size BYTES]
         [--timeout SECS] [--wait-close]
+        [--session-ticket-out PATH] [--session-ticket-in PATH] [--early-data]
 
 Exactly one JSON object is printed on stdout when the run ends:
 
@@ -30,6 +31,16 @@ handshake or the --timeout deadline passed, 2 on bad arguments.
 With --wait-close the client only completes the handshake and then waits
 (up to --timeout) for the server to close the connection; it exits 0 once
 the server's close arrives and 1 if it never does.
+
+Session resumption: --session-ticket-out PATH waits (within --timeout) for
+the server's first session ticket and saves it to PATH (pickled aioquic
+SessionTicket); --session-ticket-in PATH offers a saved ticket. With
+--early-data the streams are opened and written right after the first
+flight, before the handshake completes, so that they travel as 0-RTT data
+when the ticket allows it (data the server rejects is sent again in 1-RTT).
+With any of these three options the JSON object has two more members:
+"session_resumed" and "early_data_accepted" (bool, null before the
+handshake completed).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import argparse
 import asyncio
 import json
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -129,6 +141,8 @@ class Report:
         self.datagrams_echoed = 0
         self.close_error_code: Optional[int] = None
         self.close_reason: Optional[str] = None
+        # Reported only when resumption options were given (None: member left out).
+        self.resumption: Optional[dict] = None
         self._lock = threading.Lock()
         self._printed = False
 
@@ -148,6 +162,8 @@ class Report:
                 "close_error_code": self.close_error_code,
                 "close_reason": self.close_reason,
             }
+            if self.resumption is not None:
+                obj.update(self.resumption)
             sys.stdout.write(json.dumps(obj) + "\n")
             sys.stdout.flush()
             return True
@@ -215,6 +231,8 @@ class EchoClientProtocol(QuicConnectionProtocol):
         self.dgram_all_back: asyncio.Future = loop.create_future()
         # Set after every transmit(), cleared by wait_transmitted(); paces datagrams.
         self._transmitted = asyncio.Event()
+        # Resolves to the first session ticket received (set by open_connection()).
+        self.ticket_received: Optional[asyncio.Future] = None
 
     # -- asyncio.DatagramProtocol ------------------------------------------
 
@@ -241,6 +259,9 @@ class EchoClientProtocol(QuicConnectionProtocol):
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.HandshakeCompleted):
+            if self.report is not None and self.report.resumption is not None:
+                self.report.resumption["session_resumed"] = bool(event.session_resumed)
+                self.report.resumption["early_data_accepted"] = bool(event.early_data_accepted)
             if not self.handshake_done.done():
                 self.handshake_done.set_result(event.alpn_protocol)
         elif isinstance(event, events.StreamDataReceived):
@@ -350,6 +371,13 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         action="store_true",
         help="only connect, then wait until the server closes the connection",
     )
+    p.add_argument("--session-ticket-out", metavar="PATH", help="save the server's first session ticket to PATH")
+    p.add_argument("--session-ticket-in", metavar="PATH", help="resume with the session ticket saved in PATH")
+    p.add_argument(
+        "--early-data",
+        action="store_true",
+        help="send the streams before the handshake completes (0-RTT with --session-ticket-in)",
+    )
     args = p.parse_args(argv)
 
     if not 0 < args.port < 65536:
@@ -368,6 +396,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         p.error("--alpn must not be empty")
     if args.wait_close and (args.streams or args.datagrams):
         p.error("--wait-close cannot be combined with --streams or --datagrams")
+    if args.early_data and args.wait_close:
+        p.error("--early-data cannot be combined with --wait-close")
+    args.ticket = None
+    if args.session_ticket_in:
+        try:
+            with open(args.session_ticket_in, "rb") as f:
+                args.ticket = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            p.error("cannot read --session-ticket-in: %s" % exc)
     try:
         with open(args.cafile, "rb") as f:
             pem = f.read()
@@ -414,9 +451,17 @@ async def open_connection(args: argparse.Namespace, report: Report) -> EchoClien
         # Our own idle timeout must not end the run before --timeout does;
         # the effective value is min(ours, server's) anyway.
         idle_timeout=max(60.0, args.timeout + 10.0),
+        session_ticket=args.ticket,
     )
     config.load_verify_locations(cafile=args.cafile)
-    quic = QuicConnection(configuration=config)
+    ticket_received: asyncio.Future = loop.create_future()
+
+    def on_ticket(ticket) -> None:
+        # The first ticket is the one saved; later ones are dropped.
+        if not ticket_received.done():
+            ticket_received.set_result(ticket)
+
+    quic = QuicConnection(configuration=config, session_ticket_handler=on_ticket)
 
     # A connected socket of the address's own family: no dependence on
     # IPv6 dual-stack sockets, and ICMP errors reach error_received().
@@ -433,11 +478,18 @@ async def open_connection(args: argparse.Namespace, report: Report) -> EchoClien
         sock.close()
         raise
     protocol.report = report
-    protocol.connect(addr)
+    protocol.ticket_received = ticket_received
+    # With --early-data the first flight leaves only once the streams are queued (run()).
+    protocol.connect(addr, transmit=not args.early_data)
     return protocol
 
 
 async def run_streams(proto: EchoClientProtocol, args: argparse.Namespace, report: Report) -> None:
+    await collect_streams(queue_streams(proto, args), report)
+
+
+def queue_streams(proto: EchoClientProtocol, args: argparse.Namespace) -> list:
+    """Opens the streams, queues their data and transmits; returns one future per stream."""
     loop = asyncio.get_running_loop()
     futs = []
     for index in range(args.streams):
@@ -449,6 +501,10 @@ async def run_streams(proto: EchoClientProtocol, args: argparse.Namespace, repor
         proto._quic.send_stream_data(stream_id, data, end_stream=True)
         futs.append(fut)
     proto.transmit()
+    return futs
+
+
+async def collect_streams(futs: list, report: Report) -> None:
     try:
         for fut in futs:
             ok = await asyncio.shield(fut)
@@ -497,12 +553,25 @@ async def run_datagrams(proto: EchoClientProtocol, args: argparse.Namespace, rep
 
 
 async def run(args: argparse.Namespace, report: Report, holder: list) -> int:
+    if args.session_ticket_in or args.session_ticket_out or args.early_data:
+        report.resumption = {"session_resumed": None, "early_data_accepted": None}
     proto = await open_connection(args, report)
     holder.append(proto)
+    early: list = []
+    if args.early_data:
+        # Queued before the first flight leaves, the stream data travels in 0-RTT packets
+        # right behind the ClientHello when the ticket allows it.
+        if args.streams:
+            futs = queue_streams(proto, args)
+            early.append(asyncio.ensure_future(collect_streams(futs, report)))
+        proto.transmit()
     try:
         alpn = await asyncio.shield(proto.handshake_done)
     except ConnectionError as exc:
         log("handshake failed: %s" % exc)
+        for t in early:
+            t.cancel()
+        await asyncio.gather(*early, return_exceptions=True)
         return 1
     report.connected = True
     report.alpn = alpn
@@ -516,8 +585,8 @@ async def run(args: argparse.Namespace, report: Report, holder: list) -> int:
         await asyncio.shield(proto.terminated)
         return 0
 
-    tasks = []
-    if args.streams:
+    tasks = list(early)
+    if args.streams and not early:
         tasks.append(asyncio.ensure_future(run_streams(proto, args, report)))
     if args.datagrams:
         tasks.append(asyncio.ensure_future(run_datagrams(proto, args, report)))
@@ -529,6 +598,11 @@ async def run(args: argparse.Namespace, report: Report, holder: list) -> int:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+    if args.session_ticket_out:
+        ticket = await asyncio.shield(proto.ticket_received)
+        with open(args.session_ticket_out, "wb") as f:
+            pickle.dump(ticket, f)
+        log("session ticket saved to %s" % args.session_ticket_out)
     return 0
 
 
