@@ -66,6 +66,30 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// What the server knows of a connection when it has read the client's hello, before the
+/// handshake completes: enough to refuse it ([`App::on_hello`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Hello<'a> {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<&'a str>,
+    /// The negotiated ALPN protocol (the one that chose this app).
+    pub alpn: &'a [u8],
+}
+
+/// An app's refusal of a connection during its handshake: the client receives a
+/// CONNECTION_CLOSE it can read with this code and reason (before the handshake completes,
+/// QUIC carries an application's close as the transport error APPLICATION_ERROR, 0x0c, in
+/// the packet spaces the client can decrypt; RFC 9000 §10.2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Application error code.
+    pub code: VarInt,
+    /// Reason phrase.
+    pub reason: Vec<u8>,
+}
+
 /// The outcome of one [`Conn::read`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamRead {
@@ -263,6 +287,12 @@ fn write_error(e: WriteError) -> Result<usize, StreamError> {
 /// A per-shard application. Every method has a default that ignores the event, except
 /// [`App::on_readable`]: an app must read what its peers send.
 pub trait App {
+    /// The client's hello was read: decide whether to go on with the handshake. Refusing
+    /// closes the connection at once; the app hears nothing more of it.
+    fn on_hello(&mut self, _hello: &Hello<'_>) -> Result<(), Refusal> {
+        Ok(())
+    }
+
     /// The handshake completed: the connection is established. Called once per connection,
     /// before any other callback for it; for a connection whose 0-RTT data was accepted that
     /// is before the handshake completes, as its early data arrives

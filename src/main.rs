@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Server id (hex, 1-14 bytes) embedded in every connection ID for a QUIC-LB load balancer.
     #[arg(long, value_name = "HEX", value_parser = parse_server_id)]
     server_id: Option<ServerId>,
+    /// Most connections open at once (all shards together); more are refused with
+    /// CONNECTION_REFUSED [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_conns: Option<usize>,
     /// Close connections idle for this long.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
     idle_timeout: f64,
@@ -161,6 +165,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .ticket_capacity(args.ticket_capacity as usize)
         .tickets(usize::from(args.tickets))
         .zero_rtt(!args.no_0rtt);
+    if let Some(n) = args.max_conns {
+        builder = builder.max_conns(n);
+    }
     for addr in &args.listen {
         builder = builder.listen(*addr);
     }

@@ -1,7 +1,7 @@
 //! Starting, observing and stopping a server: the shards, their sockets and threads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub struct ServerBuilder {
     steering: Steering,
     lb_config_id: u8,
     server_id: Vec<u8>,
+    max_conns: usize,
     ticket_cache: Option<Arc<TicketCache>>,
     ticket_capacity: usize,
     tickets: usize,
@@ -101,6 +102,13 @@ impl ServerBuilder {
     /// A server id to embed in every CID for a QUIC-LB load balancer (default none).
     pub fn server_id(mut self, id: Vec<u8>) -> Self {
         self.server_id = id;
+        self
+    }
+
+    /// Most connections open at once on all shards together; new ones beyond it are refused
+    /// with CONNECTION_REFUSED (default: no limit).
+    pub fn max_conns(mut self, n: usize) -> Self {
+        self.max_conns = n;
         self
     }
 
@@ -236,6 +244,7 @@ impl ServerBuilder {
         let (handoff, inboxes) = Handoff::new(wakers.clone());
         let handoff = Arc::new(handoff);
         let stop = Arc::new(AtomicBool::new(false));
+        let open_total = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = bounded::<(usize, Result<(), String>)>(shards);
         let (exit_tx, exit_rx) = bounded::<usize>(shards);
         let mut handles = Vec::with_capacity(shards);
@@ -253,6 +262,8 @@ impl ServerBuilder {
                 layout: layout.clone(),
                 handoff: handoff.clone(),
                 inbox,
+                open_total: open_total.clone(),
+                max_conns: self.max_conns,
                 server_config: server_config.clone(),
                 apps: self.apps.clone(),
                 stats: stats.clone(),
@@ -373,6 +384,7 @@ impl Server {
             steering: Steering::Bpf,
             lb_config_id: 0,
             server_id: Vec::new(),
+            max_conns: usize::MAX,
             ticket_cache: None,
             ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,
             tickets: tls::DEFAULT_TICKETS,

@@ -92,6 +92,10 @@ shard_stats! {
     handoff_in,
     /// Datagrams dropped because the owner's inbox was full.
     handoff_dropped,
+    /// Connections refused during the handshake (`--max-conns`, or the app's `on_hello`).
+    conns_refused,
+    /// Connections removed before their handshake completed (refused, failed, timed out).
+    handshakes_failed,
     /// Connections whose handshake completed.
     conns_accepted,
     /// Connections currently in the table (gauge).

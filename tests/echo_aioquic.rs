@@ -14,18 +14,6 @@ use common::*;
 use quring::Server;
 use serde_json::Value;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("QURING_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with aioquic: run the tests through scripts/test.sh, which creates .venv"
-    );
-    venv
-}
-
 /// Writes the server's certificate where the client can read it.
 fn write_cert(server: &Server, name: &str) -> PathBuf {
     let path =

@@ -12,7 +12,7 @@ mod timers;
 pub(crate) use closing::CloseAwareFactory;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use quinn_proto::{
 };
 use socket2::Socket;
 
-use crate::app::{App, AppFactory, Conn, ConnId};
+use crate::app::{App, AppFactory, Conn, ConnId, Hello, Refusal};
 use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
@@ -51,6 +51,9 @@ pub(crate) struct ShardParams {
     pub layout: CidLayout,
     pub handoff: Arc<Handoff>,
     pub inbox: Receiver<Forwarded>,
+    /// Connections open on all shards, against `max_conns`.
+    pub open_total: Arc<AtomicUsize>,
+    pub max_conns: usize,
     pub server_config: Arc<quinn_proto::ServerConfig>,
     pub apps: Vec<Arc<dyn AppFactory>>,
     pub stats: Arc<ShardStats>,
@@ -108,6 +111,8 @@ pub(crate) struct Shard {
     inbox: Receiver<Forwarded>,
     /// Shards sent packets since the last wake-up round.
     wake_owed: Vec<bool>,
+    open_total: Arc<AtomicUsize>,
+    max_conns: usize,
 }
 
 impl Shard {
@@ -143,6 +148,8 @@ impl Shard {
             layout: p.layout,
             handoff: p.handoff,
             inbox: p.inbox,
+            open_total: p.open_total,
+            max_conns: p.max_conns,
         })
     }
 
@@ -275,9 +282,14 @@ impl Shard {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.stop.load(Ordering::Acquire) {
+                let full = self.open_total.load(Ordering::Relaxed) >= self.max_conns;
+                if full || self.stop.load(Ordering::Acquire) {
+                    // CONNECTION_REFUSED in an Initial packet: the client reads it at once.
                     let t = self.endpoint.refuse(incoming, &mut self.response);
                     self.send_response(socket, t);
+                    if full {
+                        self.stats.conns_refused.add(1);
+                    }
                     return;
                 }
                 match self
@@ -326,6 +338,7 @@ impl Shard {
         };
         self.next_seq += 1;
         self.open += 1;
+        self.open_total.fetch_add(1, Ordering::Relaxed);
         self.stats.conns_open.set(self.open as u64);
         let entry = self.conns[slot].insert(Entry {
             conn,
@@ -420,8 +433,12 @@ impl Shard {
                     app.app.on_closed(entry.id, &ConnectionError::LocallyClosed);
                 }
             }
+            if !entry.announced {
+                self.stats.handshakes_failed.add(1);
+            }
             self.conns[slot] = None;
             self.open -= 1;
+            self.open_total.fetch_sub(1, Ordering::Relaxed);
             self.stats.conns_open.set(self.open as u64);
             self.stats.conns_closed.add(1);
             return Ok(());
@@ -466,20 +483,32 @@ fn dispatch(
     stats: &ShardStats,
 ) {
     if let Event::HandshakeDataReady = event {
-        let alpn = entry
+        let data = entry
             .conn
             .crypto_session()
             .handshake_data()
-            .and_then(|d| d.downcast::<crate::tls::HandshakeData>().ok())
-            .and_then(|d| d.protocol)
-            .unwrap_or_default();
+            .and_then(|d| d.downcast::<crate::tls::HandshakeData>().ok());
+        let (alpn, sni) = data.map_or((Vec::new(), None), |d| {
+            (d.protocol.unwrap_or_default(), d.server_name)
+        });
         entry.app = apps.iter().position(|a| a.alpn == alpn);
-        if entry.app.is_none() {
-            entry.conn.close(
-                now,
-                NO_APP_CODE,
-                Bytes::from_static(b"no application for ALPN"),
-            );
+        let verdict = match entry.app.and_then(|i| apps.get_mut(i)) {
+            Some(served) => served.app.on_hello(&Hello {
+                remote: entry.conn.remote_address(),
+                sni: sni.as_deref(),
+                alpn: &alpn,
+            }),
+            None => Err(Refusal {
+                code: NO_APP_CODE,
+                reason: b"no application for ALPN".to_vec(),
+            }),
+        };
+        if let Err(refusal) = verdict {
+            stats.conns_refused.add(1);
+            entry.app = None;
+            entry
+                .conn
+                .close(now, refusal.code, Bytes::from(refusal.reason));
         }
         entry.alpn = alpn;
         return;

@@ -139,3 +139,17 @@ pub async fn echo_stream(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
     let ((), echoed) = tokio::join!(writer, reader);
     echoed
 }
+
+/// The Python interpreter with aioquic: `QURING_PYTHON` (set by `scripts/test.sh`, which
+/// creates the venv) or `.venv/bin/python`.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("QURING_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with aioquic: run the tests through scripts/test.sh, which creates .venv"
+    );
+    venv
+}
