@@ -99,15 +99,7 @@ fn no_0rtt_one_ticket_resumes_once_and_reports_ticket_stats() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).expect("cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"echo".to_vec()];
+        let mut tls = common::tls_client([cert], b"echo");
         tls.enable_early_data = true;
         tls.resumption =
             rustls::client::Resumption::store(Arc::new(quring::tls::ClientTicketStore::new(8)));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{echo_stream, pattern, DEADLINE};
+use common::{echo_stream, pattern, tls_client, DEADLINE};
 use quinn::crypto::rustls::QuicClientConfig;
 use quring::app::{App, AppFactory, Conn, ConnId};
 use quring::apps::Echo;
@@ -237,17 +237,7 @@ impl ClientSessionStore for Counting {
 /// rustls resumes a ticket only under the configuration (certificate verifier) that received
 /// it, so endpoints that share tickets share one configuration.
 fn client_config(server: &Server, store: Arc<Counting>, early_data: bool) -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(server.certificate().clone())
-        .expect("certificate is valid");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"echo".to_vec()];
+    let mut tls = tls_client([server.certificate().clone()], b"echo");
     tls.resumption = rustls::client::Resumption::store(store);
     tls.enable_early_data = early_data;
     let crypto = QuicClientConfig::try_from(tls).expect("QUIC-capable TLS config");

@@ -25,12 +25,11 @@ pub fn start_echo(shards: usize, listen: &str) -> Server {
         .expect("server starts")
 }
 
-/// A quinn client configuration trusting exactly `certs`, offering `alpn`, with windows
-/// large enough that flow control never limits a test.
-pub fn client_config_trusting(
+/// A TLS 1.3 client configuration (ring) trusting exactly `certs`, offering `alpn`.
+pub fn tls_client(
     certs: impl IntoIterator<Item = CertificateDer<'static>>,
     alpn: &[u8],
-) -> quinn::ClientConfig {
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots.add(cert).expect("certificate is valid");
@@ -42,7 +41,17 @@ pub fn client_config_trusting(
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).expect("QUIC-capable TLS config");
+    tls
+}
+
+/// A quinn client configuration trusting exactly `certs`, offering `alpn`, with windows
+/// large enough that flow control never limits a test.
+pub fn client_config_trusting(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+    alpn: &[u8],
+) -> quinn::ClientConfig {
+    let crypto =
+        QuicClientConfig::try_from(tls_client(certs, alpn)).expect("QUIC-capable TLS config");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
