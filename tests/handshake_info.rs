@@ -461,6 +461,7 @@ fn serve_log_handshakes_prints_one_line_per_handshake() {
     });
 
     let line = wait_line(&lines, "handshake conn=");
+    eprintln!("{line}");
     for field in [
         "remote=127.0.0.1:",
         "alpn=echo",
