@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use quring::app::{App, AppFactory, Conn, StreamRead};
+use quring::app::{App, AppFactory, Conn, HandshakeInfo, StreamRead};
 use quring::{ConnectionError, StreamId};
 
 /// One shard's instance: plain fields, no locks, because only this shard's thread uses it.
@@ -44,8 +44,19 @@ impl App for Uppercase {
         }
     }
 
-    fn on_closed(&mut self, id: quring::app::ConnId, reason: &ConnectionError) {
-        println!("shard {}: connection {id} closed: {reason}", self.shard);
+    fn on_closed(
+        &mut self,
+        id: quring::app::ConnId,
+        reason: &ConnectionError,
+        handshake: Option<&HandshakeInfo>,
+    ) {
+        match handshake {
+            Some(h) => println!(
+                "shard {}: connection {id} closed: {reason} (handshake: {h})",
+                self.shard
+            ),
+            None => println!("shard {}: connection {id} closed: {reason}", self.shard),
+        }
     }
 }
 

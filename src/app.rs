@@ -51,6 +51,8 @@ use quinn_proto::{
     SendDatagramError, Side, StreamId, VarInt, WriteError,
 };
 
+pub use crate::tls::handshake::{HandshakeInfo, HandshakeNotComplete};
+
 /// Identifies a connection for its whole life, unique within one server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
@@ -138,6 +140,7 @@ pub struct Conn<'a> {
     pub(crate) id: ConnId,
     pub(crate) alpn: &'a [u8],
     pub(crate) now: Instant,
+    pub(crate) handshake: Option<&'a HandshakeInfo>,
 }
 
 impl Conn<'_> {
@@ -154,6 +157,13 @@ impl Conn<'_> {
     /// The negotiated ALPN protocol (the one that chose this app).
     pub fn alpn(&self) -> &[u8] {
         self.alpn
+    }
+
+    /// What the handshake negotiated, from its completion for the rest of the connection's
+    /// life. Before completion (an app hears of a connection that early only when its 0-RTT
+    /// data was accepted) it is [`HandshakeNotComplete`].
+    pub fn handshake_info(&self) -> Result<&HandshakeInfo, HandshakeNotComplete> {
+        self.handshake.ok_or(HandshakeNotComplete)
     }
 
     /// Reads the next chunk of at most `max` bytes from `stream`, without copying.
@@ -314,8 +324,16 @@ pub trait App {
 
     /// The connection is gone (closed by either side, timed out, or lost). Called once for
     /// every connection [`App::on_connected`] was called for, and after which its id is never
-    /// seen again.
-    fn on_closed(&mut self, _id: ConnId, _reason: &ConnectionError) {}
+    /// seen again. `handshake` is what its handshake negotiated ([`Conn::handshake_info`]);
+    /// `None` only for a connection whose handshake never completed (accepted 0-RTT data,
+    /// then the connection failed).
+    fn on_closed(
+        &mut self,
+        _id: ConnId,
+        _reason: &ConnectionError,
+        _handshake: Option<&HandshakeInfo>,
+    ) {
+    }
 }
 
 /// Builds an [`App`] instance on each shard. The factory is shared by all shard threads; the

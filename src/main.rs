@@ -88,6 +88,10 @@ struct ServeArgs {
     /// Refuse 0-RTT data (sessions still resume, with one more round trip).
     #[arg(long = "no-0rtt")]
     no_0rtt: bool,
+    /// Print one line per completed handshake: ALPN, SNI, TLS version, cipher suite, group,
+    /// resumed, 0-RTT offered/accepted, peer certificates, duration.
+    #[arg(long)]
+    log_handshakes: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -164,7 +168,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .server_id(args.server_id.clone().map(|id| id.0).unwrap_or_default())
         .ticket_capacity(args.ticket_capacity as usize)
         .tickets(usize::from(args.tickets))
-        .zero_rtt(!args.no_0rtt);
+        .zero_rtt(!args.no_0rtt)
+        .log_handshakes(args.log_handshakes);
     if let Some(n) = args.max_conns {
         builder = builder.max_conns(n);
     }

@@ -40,6 +40,7 @@ pub struct ServerBuilder {
     ticket_capacity: usize,
     tickets: usize,
     zero_rtt: bool,
+    log_handshakes: bool,
 }
 
 impl ServerBuilder {
@@ -138,6 +139,13 @@ impl ServerBuilder {
     /// accepted once, so early data cannot be replayed into a second connection.
     pub fn zero_rtt(mut self, on: bool) -> Self {
         self.zero_rtt = on;
+        self
+    }
+
+    /// Prints one line per completed handshake on stdout: `handshake conn=.. remote=..` and
+    /// the [`crate::app::HandshakeInfo`] fields (its `Display` form). Off by default.
+    pub fn log_handshakes(mut self, on: bool) -> Self {
+        self.log_handshakes = on;
         self
     }
 
@@ -270,6 +278,7 @@ impl ServerBuilder {
                 waker: waker.clone(),
                 stop: stop.clone(),
                 drain_timeout: self.drain_timeout,
+                log_handshakes: self.log_handshakes,
             };
             let core = if self.pin && !cores.is_empty() {
                 Some(cores[index % cores.len()])
@@ -389,6 +398,7 @@ impl Server {
             ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,
             tickets: tls::DEFAULT_TICKETS,
             zero_rtt: true,
+            log_handshakes: false,
         }
     }
 

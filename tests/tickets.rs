@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{echo_stream, pattern, tls_client, DEADLINE};
 use quinn::crypto::rustls::QuicClientConfig;
-use quring::app::{App, AppFactory, Conn, ConnId};
+use quring::app::{App, AppFactory, Conn, ConnId, HandshakeInfo};
 use quring::apps::Echo;
 use quring::stats::StatsSnapshot;
 use quring::tls::ClientTicketStore;
@@ -82,8 +82,8 @@ impl App for Probe {
         self.echo.on_stopped(conn, stream, code);
     }
 
-    fn on_closed(&mut self, id: ConnId, reason: &ConnectionError) {
-        self.echo.on_closed(id, reason);
+    fn on_closed(&mut self, id: ConnId, reason: &ConnectionError, hs: Option<&HandshakeInfo>) {
+        self.echo.on_closed(id, reason, hs);
         let _ = self.closed.try_send(id);
     }
 }

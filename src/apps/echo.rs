@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 
-use crate::app::{App, AppFactory, Conn, ConnId, StreamRead};
+use crate::app::{App, AppFactory, Conn, ConnId, HandshakeInfo, StreamRead};
 
 /// Builds [`Echo`] apps.
 #[derive(Debug, Clone, Copy, Default)]
@@ -113,7 +113,12 @@ impl App for Echo {
         let _ = conn.send_datagram(data);
     }
 
-    fn on_closed(&mut self, id: ConnId, _reason: &ConnectionError) {
+    fn on_closed(
+        &mut self,
+        id: ConnId,
+        _reason: &ConnectionError,
+        _handshake: Option<&HandshakeInfo>,
+    ) {
         self.unsent.remove(&id);
     }
 }

@@ -23,7 +23,7 @@ use quinn_proto::{
 };
 use socket2::Socket;
 
-use crate::app::{App, AppFactory, Conn, ConnId, Hello, Refusal};
+use crate::app::{App, AppFactory, Conn, ConnId, HandshakeInfo, Hello, Refusal};
 use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
@@ -60,6 +60,8 @@ pub(crate) struct ShardParams {
     pub waker: Waker,
     pub stop: Arc<AtomicBool>,
     pub drain_timeout: Duration,
+    /// Print one line per completed handshake.
+    pub log_handshakes: bool,
 }
 
 struct Entry {
@@ -80,6 +82,10 @@ struct Entry {
     closed: bool,
     /// The connection was seen closed and its congestion window lifted (see `closing`).
     window_released: bool,
+    /// When the shard accepted it: the start of its handshake.
+    accepted_at: Instant,
+    /// What its handshake negotiated, from its completion on.
+    handshake: Option<Box<HandshakeInfo>>,
 }
 
 struct ServedApp {
@@ -113,6 +119,7 @@ pub(crate) struct Shard {
     wake_owed: Vec<bool>,
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
+    log_handshakes: bool,
 }
 
 impl Shard {
@@ -150,6 +157,7 @@ impl Shard {
             inbox: p.inbox,
             open_total: p.open_total,
             max_conns: p.max_conns,
+            log_handshakes: p.log_handshakes,
         })
     }
 
@@ -296,7 +304,7 @@ impl Shard {
                     .endpoint
                     .accept(incoming, now, &mut self.response, None)
                 {
-                    Ok((handle, conn)) => self.insert(handle, conn, socket),
+                    Ok((handle, conn)) => self.insert(handle, conn, socket, now),
                     Err(e) => {
                         tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
                         if let Some(t) = e.response {
@@ -327,7 +335,13 @@ impl Shard {
         }
     }
 
-    fn insert(&mut self, handle: ConnectionHandle, conn: quinn_proto::Connection, socket: usize) {
+    fn insert(
+        &mut self,
+        handle: ConnectionHandle,
+        conn: quinn_proto::Connection,
+        socket: usize,
+        now: Instant,
+    ) {
         let slot = handle.0;
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -351,6 +365,8 @@ impl Shard {
             announced: false,
             closed: false,
             window_released: false,
+            accepted_at: now,
+            handshake: None,
         });
         mark_dirty(&mut self.dirty, entry, slot);
     }
@@ -403,7 +419,14 @@ impl Shard {
         let handle = ConnectionHandle(slot);
         exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
         while let Some(event) = entry.conn.poll() {
-            dispatch(&mut self.apps, entry, event, now, &self.stats);
+            dispatch(
+                &mut self.apps,
+                entry,
+                event,
+                now,
+                &self.stats,
+                self.log_handshakes,
+            );
         }
         if !entry.window_released && entry.conn.is_closed() {
             entry.window_released = true;
@@ -430,7 +453,11 @@ impl Shard {
         if entry.conn.is_drained() {
             if entry.announced && !entry.closed {
                 if let Some(app) = entry.app.and_then(|i| self.apps.get_mut(i)) {
-                    app.app.on_closed(entry.id, &ConnectionError::LocallyClosed);
+                    app.app.on_closed(
+                        entry.id,
+                        &ConnectionError::LocallyClosed,
+                        entry.handshake.as_deref(),
+                    );
                 }
             }
             if !entry.announced {
@@ -481,6 +508,7 @@ fn dispatch(
     event: Event,
     now: Instant,
     stats: &ShardStats,
+    log_handshakes: bool,
 ) {
     if let Event::HandshakeDataReady = event {
         let data = entry
@@ -516,12 +544,32 @@ fn dispatch(
     let Some(served) = entry.app.and_then(|i| apps.get_mut(i)) else {
         return;
     };
+    if matches!(event, Event::Connected) && entry.handshake.is_none() {
+        // Captured once; the clock is the shard's, read again for a handshake that completed
+        // within the round the connection was accepted in.
+        let took = Instant::now()
+            .max(now)
+            .saturating_duration_since(entry.accepted_at);
+        let info = HandshakeInfo::capture(&entry.conn, took);
+        if log_handshakes {
+            use std::io::Write;
+            // One line per handshake (not per packet); a closed stdout loses the line only.
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "handshake conn={} remote={} {info}",
+                entry.id,
+                entry.conn.remote_address()
+            );
+        }
+        entry.handshake = Some(Box::new(info));
+    }
     let app = &mut served.app;
     let mut conn = Conn {
         inner: &mut entry.conn,
         id: entry.id,
         alpn: &entry.alpn,
         now,
+        handshake: entry.handshake.as_deref(),
     };
     // Accepted 0-RTT data arrives before the handshake completes: announce the connection
     // before its first stream or datagram.
@@ -549,7 +597,7 @@ fn dispatch(
         Event::ConnectionLost { reason } => {
             if entry.announced && !entry.closed {
                 entry.closed = true;
-                app.on_closed(entry.id, &reason);
+                app.on_closed(entry.id, &reason, entry.handshake.as_deref());
             }
         }
         Event::Stream(StreamEvent::Opened { dir }) => {

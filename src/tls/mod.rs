@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
-pub use handshake::HandshakeData;
+pub use handshake::{HandshakeData, HandshakeInfo, HandshakeNotComplete};
 pub use tickets::{ClientTicketStore, TicketCache, TicketStats, DEFAULT_TICKET_CAPACITY};
 
 /// Names the embedded self-signed certificate is valid for.
