@@ -14,18 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{echo_stream, pattern, DEADLINE};
+use common::{echo_stream, pattern, CountingTickets, DEADLINE};
 use crossbeam_channel::{Receiver, Sender};
 use quinn::crypto::rustls::QuicClientConfig;
 use quring::app::{App, AppFactory, Conn, ConnId, HandshakeInfo, HandshakeNotComplete};
 use quring::apps::Echo;
-use quring::tls::ClientTicketStore;
 use quring::{ConnectionError, Server, StreamId, VarInt};
-use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::NamedGroup;
-use tokio::sync::watch;
+use rustls::pki_types::CertificateDer;
 
 // ---- the server's app, reporting what it reads ------------------------------------------
 
@@ -223,58 +219,13 @@ async fn info_is_complete_and_the_same_for_the_whole_connection() {
 
 // ---- resumption and 0-RTT --------------------------------------------------------------
 
-/// quring's client ticket store, signalling each ticket it receives.
-#[derive(Debug)]
-struct Tickets {
-    store: ClientTicketStore,
-    received: watch::Sender<usize>,
-}
-
-impl Tickets {
-    fn new() -> Arc<Tickets> {
-        Arc::new(Tickets {
-            store: ClientTicketStore::new(8),
-            received: watch::channel(0).0,
-        })
-    }
-
-    async fn wait_for(&self, n: usize) {
-        let mut rx = self.received.subscribe();
-        tokio::time::timeout(DEADLINE, rx.wait_for(|got| *got >= n))
-            .await
-            .expect("session tickets within the deadline")
-            .expect("store alive");
-    }
-}
-
-impl ClientSessionStore for Tickets {
-    fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
-        self.store.set_kx_hint(name, group)
-    }
-    fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.store.kx_hint(name)
-    }
-    fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.store.set_tls12_session(name, value)
-    }
-    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.store.tls12_session(name)
-    }
-    fn remove_tls12_session(&self, name: &ServerName<'static>) {
-        self.store.remove_tls12_session(name)
-    }
-    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.store.insert_tls13_ticket(name, value);
-        self.received.send_modify(|n| *n += 1);
-    }
-    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.store.take_tls13_ticket(name)
-    }
-}
-
 /// A client endpoint trusting `server` and resuming with `tickets` (offering 0-RTT when
 /// `early_data`). Tickets resume only under the configuration that received them.
-fn resuming_endpoint(server: &Server, tickets: Arc<Tickets>, early_data: bool) -> quinn::Endpoint {
+fn resuming_endpoint(
+    server: &Server,
+    tickets: Arc<CountingTickets>,
+    early_data: bool,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(server.certificate().clone())
@@ -297,7 +248,7 @@ fn resuming_endpoint(server: &Server, tickets: Arc<Tickets>, early_data: bool) -
 async fn full_handshake(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
-    tickets: &Tickets,
+    tickets: &CountingTickets,
     rx: &Receiver<Report>,
 ) -> HandshakeInfo {
     let conn = common::connect(endpoint, addr).await;
@@ -317,7 +268,7 @@ async fn resumption_and_accepted_0rtt_are_reported() {
     let addr = server.local_addrs()[0];
 
     // Resumed, without early data.
-    let tickets = Tickets::new();
+    let tickets = CountingTickets::new();
     let endpoint = resuming_endpoint(&server, tickets.clone(), false);
     let full = full_handshake(&endpoint, addr, &tickets, &rx).await;
     assert!(!full.resumed && !full.zero_rtt_offered, "{full}");
@@ -337,7 +288,7 @@ async fn resumption_and_accepted_0rtt_are_reported() {
     assert_eq!(closed(&rx, id).await.as_ref(), Some(&resumed));
 
     // Resumed with 0-RTT data, which the server accepts.
-    let tickets = Tickets::new();
+    let tickets = CountingTickets::new();
     let endpoint = resuming_endpoint(&server, tickets.clone(), true);
     let full = full_handshake(&endpoint, addr, &tickets, &rx).await;
     assert!(!full.resumed && !full.zero_rtt_offered, "{full}");

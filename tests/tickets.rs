@@ -10,16 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{echo_stream, pattern, tls_client, DEADLINE};
+use common::{echo_stream, pattern, tls_client, CountingTickets, DEADLINE};
 use quinn::crypto::rustls::QuicClientConfig;
 use quring::app::{App, AppFactory, Conn, ConnId, HandshakeInfo};
 use quring::apps::Echo;
 use quring::stats::StatsSnapshot;
-use quring::tls::ClientTicketStore;
 use quring::{ConnectionError, Server, StreamId, VarInt};
-use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
-use rustls::pki_types::ServerName;
-use rustls::NamedGroup;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -178,65 +174,15 @@ fn handshakes(s: &StatsSnapshot) -> (u64, u64, u64) {
 
 // ---- quinn client ----------------------------------------------------------------------
 
-/// quring's client ticket store, counting the tickets it receives so tests can wait for them.
-#[derive(Debug)]
-struct Counting {
-    inner: ClientTicketStore,
-    received: watch::Sender<usize>,
-}
-
-impl Counting {
-    fn new() -> Arc<Counting> {
-        Arc::new(Counting {
-            inner: ClientTicketStore::new(8),
-            received: watch::channel(0).0,
-        })
-    }
-
-    /// Waits until `n` tickets have arrived in all.
-    async fn wait_for(&self, n: usize) {
-        let mut rx = self.received.subscribe();
-        tokio::time::timeout(DEADLINE, rx.wait_for(|got| *got >= n))
-            .await
-            .expect("session tickets within the deadline")
-            .expect("store alive");
-    }
-
-    fn received(&self) -> usize {
-        *self.received.borrow()
-    }
-}
-
-impl ClientSessionStore for Counting {
-    fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
-        self.inner.set_kx_hint(name, group)
-    }
-    fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.inner.kx_hint(name)
-    }
-    fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.inner.set_tls12_session(name, value)
-    }
-    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.inner.tls12_session(name)
-    }
-    fn remove_tls12_session(&self, name: &ServerName<'static>) {
-        self.inner.remove_tls12_session(name)
-    }
-    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.inner.insert_tls13_ticket(name, value);
-        self.received.send_modify(|n| *n += 1);
-    }
-    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.inner.take_tls13_ticket(name)
-    }
-}
-
 /// A quinn client configuration trusting `server`, resuming with tickets from `store`.
 ///
 /// rustls resumes a ticket only under the configuration (certificate verifier) that received
 /// it, so endpoints that share tickets share one configuration.
-fn client_config(server: &Server, store: Arc<Counting>, early_data: bool) -> quinn::ClientConfig {
+fn client_config(
+    server: &Server,
+    store: Arc<CountingTickets>,
+    early_data: bool,
+) -> quinn::ClientConfig {
     let mut tls = tls_client([server.certificate().clone()], b"echo");
     tls.resumption = rustls::client::Resumption::store(store);
     tls.enable_early_data = early_data;
@@ -300,7 +246,7 @@ async fn connect_0rtt(
 #[tokio::test(flavor = "current_thread")]
 async fn quinn_resumes_and_its_0rtt_data_reaches_the_echo_app_early() {
     let mut w = Watched::start(1);
-    let store = Counting::new();
+    let store = CountingTickets::new();
     let endpoint = endpoint(&client_config(&w.server, store.clone(), true));
 
     let first = connect(&endpoint, w.addr()).await;
@@ -342,7 +288,7 @@ async fn quinn_resumes_and_its_0rtt_data_reaches_the_echo_app_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumption_works_on_a_shard_other_than_the_ticket_issuer() {
     let mut w = Watched::start(2);
-    let store = Counting::new();
+    let store = CountingTickets::new();
     let config = client_config(&w.server, store.clone(), false);
     let first = endpoint(&config);
     let conn = connect(&first, w.addr()).await;
@@ -471,7 +417,7 @@ impl Drop for Replayer {
 #[tokio::test(flavor = "current_thread")]
 async fn quinn_first_flight_replayed_at_once_is_folded_into_the_original() {
     let mut w = Watched::start(2);
-    let store = Counting::new();
+    let store = CountingTickets::new();
     let config = client_config(&w.server, store.clone(), true);
     let direct = endpoint(&config);
     let conn = connect(&direct, w.addr()).await;
@@ -543,7 +489,7 @@ async fn quinn_first_flight_replayed_at_once_is_folded_into_the_original() {
 #[tokio::test(flavor = "current_thread")]
 async fn without_0rtt_sessions_still_resume() {
     let mut w = Watched::start_with(1, |b| b.zero_rtt(false));
-    let store = Counting::new();
+    let store = CountingTickets::new();
     let endpoint = endpoint(&client_config(&w.server, store.clone(), true));
     let conn = connect(&endpoint, w.addr()).await;
     echo_ok(&conn, 1).await;
@@ -572,7 +518,7 @@ async fn without_0rtt_sessions_still_resume() {
 async fn no_tickets_or_no_capacity_means_full_handshakes() {
     for (tickets, capacity) in [(0, 1000), (2, 0)] {
         let mut w = Watched::start_with(1, |b| b.tickets(tickets).ticket_capacity(capacity));
-        let store = Counting::new();
+        let store = CountingTickets::new();
         let endpoint = endpoint(&client_config(&w.server, store.clone(), true));
         for seed in 0..2 {
             let conn = connect(&endpoint, w.addr()).await;

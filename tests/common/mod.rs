@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
+use quring::tls::ClientTicketStore;
 use quring::Server;
-use rustls::pki_types::CertificateDer;
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::NamedGroup;
+use tokio::sync::watch;
 
 /// Deadline for any one client operation in a test.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -161,4 +165,58 @@ pub fn python() -> std::path::PathBuf {
         "no Python with aioquic: run the tests through scripts/test.sh, which creates .venv"
     );
     venv
+}
+
+/// quring's client ticket store, counting the tickets it receives so tests can wait for them.
+#[derive(Debug)]
+pub struct CountingTickets {
+    inner: ClientTicketStore,
+    received: watch::Sender<usize>,
+}
+
+impl CountingTickets {
+    pub fn new() -> Arc<CountingTickets> {
+        Arc::new(CountingTickets {
+            inner: ClientTicketStore::new(8),
+            received: watch::channel(0).0,
+        })
+    }
+
+    /// Waits until `n` tickets have arrived in all.
+    pub async fn wait_for(&self, n: usize) {
+        let mut rx = self.received.subscribe();
+        tokio::time::timeout(DEADLINE, rx.wait_for(|got| *got >= n))
+            .await
+            .expect("session tickets within the deadline")
+            .expect("store alive");
+    }
+
+    pub fn received(&self) -> usize {
+        *self.received.borrow()
+    }
+}
+
+impl ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(&self, name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.inner.insert_tls13_ticket(name, value);
+        self.received.send_modify(|n| *n += 1);
+    }
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
 }
