@@ -2,12 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::process::{path_str, Quring, TempDir};
 
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject;
@@ -41,56 +40,27 @@ fn out_of_range_values_exit_2_naming_the_flag() {
     }
 }
 
-/// Waits for the next line containing `needle`.
-fn wait_line(lines: &Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no line containing {needle:?}: {e}"),
-        }
-    }
-}
-
 #[test]
 fn no_0rtt_one_ticket_resumes_once_and_reports_ticket_stats() {
-    let dir = std::env::temp_dir().join(format!("quring-cli-tickets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let cert_path = dir.join("cert.pem");
-    let mut child = quring()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ])
-        .args(["--no-0rtt", "--tickets", "1", "--ticket-capacity", "10"])
-        .arg("--cert-out")
-        .arg(&cert_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn quring serve");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let listening = wait_line(&lines, "quring: listening on ");
-    let addr: SocketAddr = listening
-        .trim_start_matches("quring: listening on ")
-        .split(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("address in the startup line");
+    let dir = TempDir::new("tickets");
+    let cert_path = dir.file("cert.pem");
+    let mut server = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+        "--no-0rtt",
+        "--tickets",
+        "1",
+        "--ticket-capacity",
+        "10",
+        "--cert-out",
+        path_str(&cert_path),
+    ]);
+    let (_, addrs) = server.wait_listening();
+    let addr = addrs[0];
     let pem = std::fs::read(&cert_path).expect("--cert-out");
     let cert = CertificateDer::from_pem_slice(&pem).expect("PEM");
 
@@ -121,16 +91,11 @@ fn no_0rtt_one_ticket_resumes_once_and_reports_ticket_stats() {
             .await
             .expect("closed in time");
     });
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let total = wait_line(&lines, "stats total ");
-    let tickets = wait_line(&lines, "stats tickets ");
-    let exit = child.wait().expect("quring exits");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(exit.success(), "{exit:?}");
+    server.signal(libc::SIGINT);
+    let total = server.wait_line("stats total ", DEADLINE);
+    let tickets = server.wait_line("stats tickets ", DEADLINE);
+    let exit = server.wait_exit(DEADLINE);
+    assert!(exit.status.success(), "{:?}\n{}", exit.status, exit.stderr);
     for field in [
         "handshakes_full=1 ",
         "handshakes_resumed=2 ",

@@ -7,12 +7,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::process::{path_str, Quring, TempDir};
 
 use common::{echo_stream, pattern, CountingTickets, DEADLINE};
 use crossbeam_channel::{Receiver, Sender};
@@ -338,68 +337,23 @@ async fn resumption_and_accepted_0rtt_are_reported() {
 
 // ---- quring serve --log-handshakes ---------------------------------------------------------
 
-/// A `quring` child process, killed and reaped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits for a stdout line containing `needle`.
-fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no line with {needle:?} within the deadline: {e}"),
-        }
-    }
-}
-
 #[test]
 fn serve_log_handshakes_prints_one_line_per_handshake() {
-    let dir = std::env::temp_dir().join(format!("quring-hs-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let cert: PathBuf = dir.join("cert.pem");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_quring"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ])
-        .arg("--cert-out")
-        .arg(&cert)
-        .arg("--log-handshakes")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn quring");
-    let stdout = child.stdout.take().expect("stdout");
-    let child = Guard(child);
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let listening = wait_line(&lines, "listening on ");
-    let addr: SocketAddr = listening
-        .split_once("listening on ")
-        .and_then(|(_, rest)| rest.split([',', ' ']).next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {listening:?}"));
+    let dir = TempDir::new("hs-log");
+    let cert = dir.file("cert.pem");
+    let mut server = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+        "--cert-out",
+        path_str(&cert),
+        "--log-handshakes",
+    ]);
+    let (_, addrs) = server.wait_listening();
+    let addr = addrs[0];
     let cert = CertificateDer::from_pem_file(&cert).expect("--cert-out is a PEM certificate");
 
     let rt = common::runtime();
@@ -411,7 +365,7 @@ fn serve_log_handshakes_prints_one_line_per_handshake() {
         endpoint.wait_idle().await;
     });
 
-    let line = wait_line(&lines, "handshake conn=");
+    let line = server.wait_line("handshake conn=", DEADLINE);
     eprintln!("{line}");
     for field in [
         "remote=127.0.0.1:",
@@ -429,6 +383,4 @@ fn serve_log_handshakes_prints_one_line_per_handshake() {
         assert!(line.contains(field), "{field:?} missing from {line:?}");
     }
     assert!(!line.contains("group=-"), "{line}");
-    drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
 }

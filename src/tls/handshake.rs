@@ -501,11 +501,8 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn server_hello(random: [u8; 32], extensions: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&random);
-        body.push(0); // empty session id
-        body.extend_from_slice(&[0x13, 0x01, 0x00]);
+    /// A handshake message of type `kind`: `body` followed by the extension block.
+    fn message(kind: u8, mut body: Vec<u8>, extensions: &[(u16, &[u8])]) -> Vec<u8> {
         let mut ext = Vec::new();
         for (kind, data) in extensions {
             ext.extend_from_slice(&kind.to_be_bytes());
@@ -514,10 +511,18 @@ mod tests {
         }
         body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
         body.extend_from_slice(&ext);
-        let mut msg = vec![SERVER_HELLO];
+        let mut msg = vec![kind];
         msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
         msg.extend_from_slice(&body);
         msg
+    }
+
+    fn server_hello(random: [u8; 32], extensions: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&random);
+        body.push(0); // empty session id
+        body.extend_from_slice(&[0x13, 0x01, 0x00]);
+        message(SERVER_HELLO, body, extensions)
     }
 
     #[test]
@@ -576,18 +581,7 @@ mod tests {
         body.extend_from_slice(&[9; 32]);
         body.extend_from_slice(&[0, 4, 0x13, 0x01, 0x13, 0x02]);
         body.extend_from_slice(&[1, 0]); // null compression
-        let mut ext = Vec::new();
-        for (kind, data) in extensions {
-            ext.extend_from_slice(&kind.to_be_bytes());
-            ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
-            ext.extend_from_slice(data);
-        }
-        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-        body.extend_from_slice(&ext);
-        let mut msg = vec![CLIENT_HELLO];
-        msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        msg.extend_from_slice(&body);
-        msg
+        message(CLIENT_HELLO, body, extensions)
     }
 
     #[test]
