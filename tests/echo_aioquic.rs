@@ -6,52 +6,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use quring::Server;
-use serde_json::Value;
-
-/// Writes the server's certificate where the client can read it.
-fn write_cert(server: &Server, name: &str) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("quring-aioquic-{}-{name}.pem", std::process::id()));
-    std::fs::write(&path, &server.identity().cert_pem).expect("write cert");
-    path
-}
-
-fn client(server: &Server, host: &str, cert: &PathBuf, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(python());
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/aioquic_echo.py"
-    ))
-    .args(["--host", host])
-    .args(["--port", &server.local_addrs()[0].port().to_string()])
-    .arg("--cafile")
-    .arg(cert)
-    .args(["--timeout", "20"])
-    .args(extra);
-    cmd
-}
-
-fn report(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}); status {:?}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn streams_and_datagrams(listen: &str, host: &str) {
     let server = start_echo(2, listen);
     let cert = write_cert(&server, host.trim_matches(|c| c == '[' || c == ']'));
-    let out = client(
+    let out = aioquic_client(
         &server,
         host,
         &cert,
@@ -68,7 +30,7 @@ fn streams_and_datagrams(listen: &str, host: &str) {
     )
     .output()
     .expect("run the aioquic client");
-    let r = report(&out);
+    let r = aioquic_report(&out);
     assert!(out.status.success(), "client failed: {r}");
     assert_eq!(r["connected"], true, "{r}");
     assert_eq!(r["alpn"], "echo", "{r}");
@@ -95,7 +57,7 @@ fn aioquic_echoes_streams_and_datagrams_v6() {
 fn aioquic_sees_shutdown_close() {
     let server = start_echo(1, "127.0.0.1:0");
     let cert = write_cert(&server, "close");
-    let child = client(&server, "127.0.0.1", &cert, &["--wait-close"])
+    let child = aioquic_client(&server, "127.0.0.1", &cert, &["--wait-close"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -120,7 +82,7 @@ fn aioquic_sees_shutdown_close() {
     server.shutdown().expect("clean shutdown");
     let out = child.wait_with_output().expect("client output");
     let log = reader.join().unwrap_or_default();
-    let r = report(&out);
+    let r = aioquic_report(&out);
     assert!(out.status.success(), "client failed: {r}\n{log}");
     assert_eq!(r["close_error_code"], 0, "{r}");
     assert_eq!(r["close_reason"], "server shutting down", "{r}");

@@ -163,37 +163,15 @@ async fn app_refuses_in_on_hello_with_its_code() {
 
 /// Runs the aioquic client against `server` offering `alpn`; returns its exit code and report.
 fn aioquic(server: &Server, alpn: &str) -> (Option<i32>, serde_json::Value) {
-    let cert = std::env::temp_dir().join(format!(
-        "quring-refusal-{}-{}.pem",
-        std::process::id(),
-        server.local_addrs()[0].port()
-    ));
-    std::fs::write(&cert, &server.identity().cert_pem).unwrap();
-    let port = server.local_addrs()[0].port().to_string();
-    let out = std::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/aioquic_echo.py"
-        ))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--alpn",
-            alpn,
-            "--timeout",
-            "10",
-        ])
-        .arg("--cafile")
-        .arg(&cert)
+    let cert = write_cert(
+        server,
+        &format!("refusal-{}", server.local_addrs()[0].port()),
+    );
+    let out = aioquic_client(server, "127.0.0.1", &cert, &["--alpn", alpn])
         .output()
         .expect("run the aioquic client");
     let _ = std::fs::remove_file(cert);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}"));
-    (out.status.code(), report)
+    (out.status.code(), aioquic_report(&out))
 }
 
 /// The aioquic client (no quinn-proto inside) reads both refusals too.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use common::process::TempDir;
 use common::{echo_stream, pattern, tls_client, CountingTickets, DEADLINE};
 use quinn::crypto::rustls::QuicClientConfig;
 use quring::app::{App, AppFactory, Conn, ConnId, HandshakeInfo};
@@ -541,72 +542,17 @@ async fn no_tickets_or_no_capacity_means_full_handshakes() {
 
 // ---- aioquic client ----------------------------------------------------------------------
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("QURING_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with aioquic: run the tests through scripts/test.sh, which creates .venv"
-    );
-    venv
-}
-
-/// A scratch directory for certificates and ticket files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("quring-tickets-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn aioquic(server: &Server, cert: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(python());
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/aioquic_echo.py"
-    ))
-    .args(["--host", "127.0.0.1"])
-    .args(["--port", &server.local_addrs()[0].port().to_string()])
-    .arg("--cafile")
-    .arg(cert)
-    .args([
-        "--timeout",
-        "20",
-        "--streams",
-        "2",
-        "--stream-size",
-        "20000",
-    ])
-    .args(extra)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = common::aioquic_client(server, "127.0.0.1", cert, &["--streams", "2"]);
+    cmd.args(["--stream-size", "20000"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 
 fn report(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}); status {:?}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let r = common::aioquic_report(out);
     assert!(
         out.status.success() && r["streams_ok"] == 2 && r["streams_failed"] == 0,
         "client run failed: {r}\nstderr: {}",
@@ -637,9 +583,9 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temp path")
 }
 
-fn setup(tag: &str, shards: usize) -> (Watched, Scratch, PathBuf) {
+fn setup(tag: &str, shards: usize) -> (Watched, TempDir, PathBuf) {
     let w = Watched::start(shards);
-    let scratch = Scratch::new(tag);
+    let scratch = TempDir::new(tag);
     let cert = scratch.file("cert.pem");
     std::fs::write(&cert, &w.server.identity().cert_pem).expect("write cert");
     (w, scratch, cert)

@@ -222,3 +222,44 @@ impl ClientSessionStore for CountingTickets {
         self.inner.take_tls13_ticket(name)
     }
 }
+
+/// The aioquic client (`tests/clients/aioquic_echo.py`) against `server` at `host`, trusting
+/// the certificate in `cert`, with `extra` options; the whole run is bounded at 20 s.
+pub fn aioquic_client(
+    server: &Server,
+    host: &str,
+    cert: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/aioquic_echo.py"
+    ))
+    .args(["--host", host])
+    .args(["--port", &server.local_addrs()[0].port().to_string()])
+    .arg("--cafile")
+    .arg(cert)
+    .args(["--timeout", "20"])
+    .args(extra);
+    cmd
+}
+
+/// The one JSON object the aioquic client prints.
+pub fn aioquic_report(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client printed no JSON ({e}); status {:?}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Writes `server`'s certificate to a temporary file named after `name`, for a client to read.
+pub fn write_cert(server: &Server, name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("quring-cert-{}-{name}.pem", std::process::id()));
+    std::fs::write(&path, &server.identity().cert_pem).expect("write cert");
+    path
+}
