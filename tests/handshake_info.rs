@@ -225,17 +225,7 @@ fn resuming_endpoint(
     tickets: Arc<CountingTickets>,
     early_data: bool,
 ) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(server.certificate().clone())
-        .expect("certificate is valid");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"echo".to_vec()];
+    let mut tls = common::tls_client([server.certificate().clone()], b"echo");
     tls.resumption = rustls::client::Resumption::store(tickets);
     tls.enable_early_data = early_data;
     let crypto = QuicClientConfig::try_from(tls).expect("QUIC-capable TLS config");
