@@ -48,7 +48,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn_proto::{
     ClosedStream, ConnectionError, ConnectionStats, Dir, FinishError, ReadError, ReadableError,
-    SendDatagramError, Side, StreamId, VarInt, WriteError,
+    SendDatagramError, StreamId, VarInt, WriteError,
 };
 
 pub use crate::tls::handshake::{HandshakeInfo, HandshakeNotComplete};
@@ -278,11 +278,7 @@ impl Conn<'_> {
     /// data is accepted once per ticket at most, on any shard: a replayed ClientHello gets a
     /// full handshake. Known from the first callback on.
     pub fn accepted_0rtt(&self) -> bool {
-        match self.inner.side() {
-            // rustls gives a server 0-RTT keys only once it accepted the early data.
-            Side::Server => self.inner.has_0rtt(),
-            Side::Client => !self.inner.is_handshaking() && self.inner.accepted_0rtt(),
-        }
+        crate::tls::handshake::zero_rtt_accepted(self.inner)
     }
 }
 

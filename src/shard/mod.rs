@@ -551,6 +551,15 @@ fn dispatch(
             .max(now)
             .saturating_duration_since(entry.accepted_at);
         let info = HandshakeInfo::capture(&entry.conn, took);
+        stats.conns_accepted.add(1);
+        if !info.resumed {
+            stats.handshakes_full.add(1);
+        } else {
+            stats.handshakes_resumed.add(1);
+            if info.zero_rtt_accepted {
+                stats.handshakes_0rtt.add(1);
+            }
+        }
         if log_handshakes {
             use std::io::Write;
             // One line per handshake (not per packet); a closed stdout loses the line only.
@@ -580,15 +589,6 @@ fn dispatch(
     match event {
         Event::HandshakeDataReady => {}
         Event::Connected => {
-            stats.conns_accepted.add(1);
-            if !conn.resumed() {
-                stats.handshakes_full.add(1);
-            } else {
-                stats.handshakes_resumed.add(1);
-                if conn.accepted_0rtt() {
-                    stats.handshakes_0rtt.add(1);
-                }
-            }
             if !entry.announced {
                 entry.announced = true;
                 app.on_connected(&mut conn);

@@ -98,10 +98,7 @@ impl HandshakeInfo {
         let session = conn.crypto_session();
         let data = handshake_data(session).unwrap_or_default();
         let hello = data.server_hello;
-        let zero_rtt_accepted = match conn.side() {
-            Side::Server => conn.has_0rtt(),
-            Side::Client => conn.accepted_0rtt(),
-        };
+        let zero_rtt_accepted = zero_rtt_accepted(conn);
         HandshakeInfo {
             alpn: data.protocol.unwrap_or_default(),
             sni: data.server_name,
@@ -115,6 +112,15 @@ impl HandshakeInfo {
             peer_certificates: session.peer_identity().is_some(),
             duration,
         }
+    }
+}
+
+/// Whether `conn`'s 0-RTT data was accepted, as far as is known now.
+pub fn zero_rtt_accepted(conn: &quinn_proto::Connection) -> bool {
+    match conn.side() {
+        // rustls gives a server 0-RTT keys only once it accepted the early data.
+        Side::Server => conn.has_0rtt(),
+        Side::Client => !conn.is_handshaking() && conn.accepted_0rtt(),
     }
 }
 
