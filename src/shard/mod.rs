@@ -511,11 +511,7 @@ fn dispatch(
     log_handshakes: bool,
 ) {
     if let Event::HandshakeDataReady = event {
-        let data = entry
-            .conn
-            .crypto_session()
-            .handshake_data()
-            .and_then(|d| d.downcast::<crate::tls::HandshakeData>().ok());
+        let data = crate::tls::handshake::handshake_data(entry.conn.crypto_session());
         let (alpn, sni) = data.map_or((Vec::new(), None), |d| {
             (d.protocol.unwrap_or_default(), d.server_name)
         });
