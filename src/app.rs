@@ -232,7 +232,8 @@ impl Conn<'_> {
         Ok(self.inner.recv_stream(stream).stop(code)?)
     }
 
-    /// Opens a stream of our own, if the peer's stream limit allows one now.
+    /// Opens a stream of our own, if the peer's stream limit allows one now (if not,
+    /// [`App::on_available`] follows when it does).
     pub fn open(&mut self, dir: Dir) -> Option<StreamId> {
         self.inner.streams().open(dir)
     }
@@ -311,6 +312,10 @@ pub trait App {
 
     /// `stream` was blocked by flow control and may take more data now.
     fn on_writable(&mut self, _conn: &mut Conn<'_>, _stream: StreamId) {}
+
+    /// The peer raised its limit on streams we may open in direction `dir`: an
+    /// [`Conn::open`] that returned `None` may succeed now.
+    fn on_available(&mut self, _conn: &mut Conn<'_>, _dir: Dir) {}
 
     /// The peer asked us to stop sending on `stream` (STOP_SENDING with `code`).
     fn on_stopped(&mut self, _conn: &mut Conn<'_>, _stream: StreamId, _code: VarInt) {}

@@ -606,7 +606,8 @@ fn dispatch(
         Event::Stream(StreamEvent::Stopped { id, error_code }) => {
             app.on_stopped(&mut conn, id, error_code)
         }
-        Event::Stream(StreamEvent::Finished { .. } | StreamEvent::Available { .. }) => {}
+        Event::Stream(StreamEvent::Available { dir }) => app.on_available(&mut conn, dir),
+        Event::Stream(StreamEvent::Finished { .. }) => {}
         Event::DatagramReceived => {
             while let Some(data) = conn.inner.datagrams().recv() {
                 app.on_datagram(&mut conn, data);
