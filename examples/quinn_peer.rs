@@ -114,7 +114,14 @@ fn run(args: &Args) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| format!("building tokio runtime: {e}"))?;
-    let result = rt.block_on(serve(args));
+    // The server runs as a task, on the worker threads, not on this thread.
+    let listen = args.listen;
+    let cert_out = args.cert_out.clone();
+    let result = rt.block_on(async move {
+        tokio::spawn(serve(listen, cert_out))
+            .await
+            .map_err(|e| format!("server task: {e}"))?
+    });
     rt.shutdown_timeout(CLOSE_GRACE);
     result
 }
@@ -158,12 +165,12 @@ fn server_config(cert_out: Option<&Path>) -> Result<quinn::ServerConfig> {
     Ok(config)
 }
 
-async fn serve(args: &Args) -> Result<()> {
+async fn serve(listen: SocketAddr, cert_out: Option<PathBuf>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    let config = server_config(args.cert_out.as_deref())?;
-    let endpoint = Endpoint::server(config, args.listen)
-        .map_err(|e| format!("binding {}: {e}", args.listen))?;
+    let config = server_config(cert_out.as_deref())?;
+    let endpoint =
+        Endpoint::server(config, listen).map_err(|e| format!("binding {listen}: {e}"))?;
     let addr = endpoint
         .local_addr()
         .map_err(|e| format!("local address: {e}"))?;
