@@ -30,7 +30,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
-use quinn::{Connection, Endpoint, ReadError, RecvStream, SendStream, TransportConfig, VarInt};
+use quinn::{
+    Connection, Endpoint, ReadError, ReadExactError, RecvStream, SendStream, TransportConfig,
+    VarInt,
+};
 use quring::tls::{
     CONNECTION_RECEIVE_WINDOW, DEFAULT_TICKETS, DEFAULT_TICKET_CAPACITY, SELF_SIGNED_NAMES,
 };
@@ -50,8 +53,8 @@ const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
 const SEND_WINDOW: u64 = 16 << 20;
 /// Datagram receive and send buffers (as quring).
 const DATAGRAM_BUFFER: usize = 4 << 20;
-/// Application error code for a malformed perf request.
-const PERF_BAD_REQUEST: u32 = 1;
+/// Application error code for a perf request that ends before its 8-byte header (as quring).
+const PERF_SHORT_REQUEST: u32 = 1;
 /// The perf response pattern repeats every this many bytes.
 const PERF_PERIOD: usize = 251;
 /// Response bytes handed to quinn at a time: a whole number of periods, so every chunk starts
@@ -313,15 +316,37 @@ async fn discard_bi(mut send: SendStream, recv: RecvStream) {
     }
 }
 
+/// How reading a perf request ended.
+enum PerfRequest {
+    /// The response length; the upload was read up to the FIN.
+    Len(u64),
+    /// The stream ended before the 8-byte header.
+    Short,
+    /// The client reset the stream with this code.
+    Reset(VarInt),
+    /// The connection or stream is gone.
+    Lost,
+}
+
 /// Reads a perf request: the response length, then the upload up to the FIN.
-async fn perf_request(recv: &mut RecvStream) -> Option<u64> {
+async fn perf_request(recv: &mut RecvStream) -> PerfRequest {
+    let gone = |e: ReadError| match e {
+        ReadError::Reset(code) => PerfRequest::Reset(code),
+        _ => PerfRequest::Lost,
+    };
     let mut len = [0u8; 8];
-    if recv.read_exact(&mut len).await.is_err() {
-        let _ = recv.stop(VarInt::from_u32(PERF_BAD_REQUEST));
-        return None;
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(_)) => return PerfRequest::Short,
+        Err(ReadExactError::ReadError(e)) => return gone(e),
     }
-    while let Some(_upload) = recv.read_chunk(usize::MAX, true).await.ok()? {}
-    Some(u64::from_be_bytes(len))
+    loop {
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(_upload)) => {}
+            Ok(None) => return PerfRequest::Len(u64::from_be_bytes(len)),
+            Err(e) => return gone(e),
+        }
+    }
 }
 
 /// Sends `len` bytes of the perf pattern, then our FIN.
@@ -338,16 +363,22 @@ async fn perf_respond(send: &mut SendStream, len: u64, response: &Bytes) {
 }
 
 async fn perf_bi(mut send: SendStream, mut recv: RecvStream, response: Bytes) {
+    // A STOP_SENDING from the client fails the reply's writes; dropping `send` then resets it
+    // with the client's code.
     match perf_request(&mut recv).await {
-        Some(len) => perf_respond(&mut send, len, &response).await,
-        None => {
-            let _ = send.reset(VarInt::from_u32(PERF_BAD_REQUEST));
+        PerfRequest::Len(len) => perf_respond(&mut send, len, &response).await,
+        PerfRequest::Short => {
+            let _ = send.reset(VarInt::from_u32(PERF_SHORT_REQUEST));
         }
+        PerfRequest::Reset(code) => {
+            let _ = send.reset(code);
+        }
+        PerfRequest::Lost => {}
     }
 }
 
 async fn perf_uni(conn: Connection, mut recv: RecvStream, response: Bytes) {
-    let Some(len) = perf_request(&mut recv).await else {
+    let PerfRequest::Len(len) = perf_request(&mut recv).await else {
         return;
     };
     if let Ok(mut send) = conn.open_uni().await {
