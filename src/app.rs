@@ -268,8 +268,8 @@ impl Conn<'_> {
 
     /// Whether the connection resumed an earlier session with a session ticket (rather than a
     /// full handshake with the certificate). Known from the first callback on. Reported for
-    /// server connections (quring's server reads it from its own ServerHello); `false` on a
-    /// client connection.
+    /// connections whose crypto configuration quring built (it reads the ServerHello, on either
+    /// side: see [`crate::tls::handshake`]); `false` on any other.
     pub fn resumed(&self) -> bool {
         crate::tls::handshake::handshake_data(self.inner.crypto_session())
             .is_some_and(|d| d.resumed)
