@@ -4,27 +4,31 @@
 //! |-----------|-----------|----------------------------------------------------------------|
 //! | `echo`    | `echo`    | sends every bidirectional stream and datagram back ([`Echo`])  |
 //! | `perf`    | `perf`    | answers each request with the bytes it asks for ([`Perf`])     |
+//! | `discard` | `discard` | reads and drops everything ([`Discard`])                       |
 //!
-//! `quring serve --app echo,perf` serves several at once.
+//! `quring serve --app echo,perf,discard` serves several at once.
 
 use std::sync::Arc;
 
 use crate::app::AppFactory;
 
+pub mod discard;
 mod echo;
 pub mod perf;
 
+pub use discard::{Discard, DiscardFactory};
 pub use echo::{Echo, EchoFactory};
 pub use perf::{Perf, PerfFactory};
 
 /// Names of the built-in apps, as `--app` takes them.
-pub const NAMES: &[&str] = &["echo", "perf"];
+pub const NAMES: &[&str] = &["echo", "perf", "discard"];
 
 /// The factory of the built-in app called `name`.
 pub fn by_name(name: &str) -> Option<Arc<dyn AppFactory>> {
     match name {
         "echo" => Some(Arc::new(EchoFactory)),
         "perf" => Some(Arc::new(PerfFactory)),
+        "discard" => Some(Arc::new(DiscardFactory)),
         _ => None,
     }
 }
