@@ -747,12 +747,20 @@ impl App for LoadDriver {
             return;
         };
         self.error(kind);
-        if handshake.is_none() && !self.plan.connected.load(Ordering::Relaxed) {
-            self.fatal(format!(
-                "{}: handshake failed: {reason}",
-                self.plan.config.target
-            ));
-            return;
+        // Failing as many handshakes as there are connections before any succeeded means
+        // the server cannot be loaded at all (unreachable, wrong ALPN or certificate):
+        // that ends the run with the reason. Refusals (a server at capacity) are errors
+        // counted by kind, however early.
+        if handshake.is_none()
+            && kind != ErrorKind::Refused
+            && !self.plan.connected.load(Ordering::Relaxed)
+        {
+            let failed = self.plan.failed_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+            if failed >= self.plan.config.conns {
+                let target = self.plan.config.target;
+                self.fatal(format!("{target}: handshake failed: {reason}"));
+                return;
+            }
         }
         // Keep the load up: replace the connection.
         if self.plan.config.mode != Mode::NewConnPerRequest || !self.open_loop() {

@@ -12,7 +12,7 @@ pub mod pattern;
 pub mod report;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,8 @@ pub(crate) struct Plan {
     pub intervals: Sender<Interval>,
     /// A handshake completed somewhere (failures after that are errors, not fatal).
     pub connected: AtomicBool,
+    /// Handshakes that failed before any completed.
+    pub failed_handshakes: AtomicUsize,
     /// The first fatal error; `failed` says there is one without locking.
     pub fatal: Mutex<Option<String>>,
     pub failed: AtomicBool,
@@ -264,6 +266,7 @@ pub fn run(
             .collect(),
         intervals: tx,
         connected: AtomicBool::new(false),
+        failed_handshakes: AtomicUsize::new(0),
         fatal: Mutex::new(None),
         failed: AtomicBool::new(false),
     });
