@@ -9,6 +9,9 @@
 //! Nothing an app does blocks: a write takes what flow control allows now and the app hears
 //! [`App::on_writable`] when more is allowed.
 //!
+//! A client is written the same way: a [`Driver`] is an app that also opens connections
+//! (through a [`Control`], each time the shard polls it) and hears their events.
+//!
 //! ```
 //! use bytes::Bytes;
 //! use quring::app::{App, AppFactory, Conn, StreamRead};
@@ -268,8 +271,8 @@ impl Conn<'_> {
 
     /// Whether the connection resumed an earlier session with a session ticket (rather than a
     /// full handshake with the certificate). Known from the first callback on. Reported for
-    /// server connections (quring's server reads it from its own ServerHello); `false` on a
-    /// client connection.
+    /// connections whose crypto configuration quring built (it reads the ServerHello, on either
+    /// side: see [`crate::tls::handshake`]); `false` on any other.
     pub fn resumed(&self) -> bool {
         crate::tls::handshake::handshake_data(self.inner.crypto_session())
             .is_some_and(|d| d.resumed)
@@ -345,4 +348,39 @@ pub trait AppFactory: Send + Sync + 'static {
 
     /// Builds the instance for shard `shard` (called on that shard's thread).
     fn build(&self, shard: usize) -> Box<dyn App>;
+}
+
+/// What a [`Driver`] wants after a [`Driver::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverPoll {
+    /// Poll again at this instant at the latest (`None`: only when an event arrives).
+    Until(Option<Instant>),
+    /// The driver is finished: its shard closes every connection, drains them and stops.
+    Done,
+}
+
+/// The client side of a shard: an [`App`] that opens connections itself. The shard calls
+/// [`Driver::poll`] on every round of its loop (after any event, and at the instant the
+/// last poll asked for), and the driver's [`App`] callbacks for its connections' events.
+///
+/// The [`App`] contract differs in one point: [`App::on_connected`] is called when the
+/// handshake completes (never earlier, even with 0-RTT), and [`App::on_closed`] is called for
+/// every connection the driver opened, including those whose handshake failed (with no
+/// handshake info).
+pub trait Driver: App {
+    /// Opens connections and acts on them through `ctl`; says when to poll next.
+    fn poll(&mut self, ctl: &mut Control<'_>) -> DriverPoll;
+}
+
+/// Builds a [`Driver`] on each client shard.
+pub trait DriverFactory: Send + Sync + 'static {
+    /// Builds the driver of shard `shard` (called on that shard's thread).
+    fn build(&self, shard: usize) -> Box<dyn Driver>;
+}
+
+/// A driver's hold on its shard during [`Driver::poll`]: opens connections and acts on
+/// connections outside their events.
+pub struct Control<'a> {
+    pub(crate) shard: &'a mut crate::shard::Shard,
+    pub(crate) now: Instant,
 }

@@ -27,14 +27,17 @@
 
 pub mod app;
 pub mod apps;
+mod client;
 pub mod datapath;
 mod error;
+pub mod load;
 pub mod routing;
 mod server;
 mod shard;
 pub mod stats;
 pub mod tls;
 
+pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 pub use routing::Steering;

@@ -1,14 +1,19 @@
 //! `quring`: the command-line front end.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use crossbeam_channel::{never, select, tick, unbounded};
+use quring::load::{self, LoadConfig, Mode, Protocol, Summary};
 use quring::routing::cid::MAX_SERVER_ID_LEN;
 use quring::stats::StatsSnapshot;
+use quring::tls::ServerTrust;
 use quring::tls::{Identity, SELF_SIGNED_NAMES};
 use quring::{Error, Server, Steering};
 
@@ -16,7 +21,8 @@ use quring::{Error, Server, Steering};
 #[command(
     name = "quring",
     version,
-    about = "QUIC server on io_uring, one pinned shard per core"
+    about = "QUIC server on io_uring, one pinned shard per core",
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,6 +33,114 @@ struct Cli {
 enum Command {
     /// Serve QUIC with the built-in apps.
     Serve(ServeArgs),
+    /// Load a QUIC server (echo, perf or discard) from one pinned client shard per core.
+    Load(LoadArgs),
+    /// Work with load reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Combine the results of load runs that ran side by side (from several machines): all
+    /// `--json` summaries, or all `--hdr-log` interval logs.
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// The summaries or logs to combine.
+    #[arg(required = true, num_args = 2.., value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Write the combined JSON summary here (summaries only).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write the combined interval log here (logs only).
+    #[arg(long, value_name = "PATH")]
+    hdr_log: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The server, as HOST:PORT (a host name is resolved; its first address is used).
+    #[arg(value_name = "HOST:PORT")]
+    target: String,
+    /// Client shards (threads) [default: usable cores; never more than --conns].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+    /// Don't pin client threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Connections (with --new-conn-per-request: connections at once).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    conns: u32,
+    /// Requests in flight per connection (closed loop), or at most (with --rate).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    streams: u32,
+    /// Bytes each request sends (with --datagrams: the datagram size).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    request_size: u64,
+    /// Bytes each response carries (perf) [default: --request-size for echo and perf, 0 for
+    /// discard].
+    #[arg(long, value_name = "BYTES")]
+    response_size: Option<u64>,
+    /// What the server is asked to do with each request.
+    #[arg(long, value_name = "PROTOCOL", default_value = "echo", value_parser = parse_protocol)]
+    protocol: Protocol,
+    /// Echo DATAGRAM frames instead of streams.
+    #[arg(long, conflicts_with = "new_conn_per_request")]
+    datagrams: bool,
+    /// Measure for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    duration: f64,
+    /// Load for this long before measuring.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_secs)]
+    warmup: f64,
+    /// Stop after this many requests (or at the end of --duration, whichever comes first).
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
+    /// Open loop: start R requests per second in all, on a fixed schedule; latency counts
+    /// from each request's scheduled start [default: closed loop].
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// Open a new connection for every request (measures handshakes).
+    #[arg(long)]
+    new_conn_per_request: bool,
+    /// Resume sessions with the server's tickets (each ticket used once).
+    #[arg(long)]
+    resume: bool,
+    /// Send requests as 0-RTT data when a ticket allows (implies --resume).
+    #[arg(long = "0rtt")]
+    zero_rtt: bool,
+    /// ALPN to offer [default: the protocol's name].
+    #[arg(long, value_name = "ALPN")]
+    alpn: Option<String>,
+    /// Server name for the handshake and the certificate check [default: the HOST given].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Accept any server certificate (for self-signed load-test targets).
+    #[arg(long, conflicts_with = "cafile")]
+    insecure: bool,
+    /// Trust the certificates in this PEM file (the server's own, or its CA).
+    #[arg(long, value_name = "PEM")]
+    cafile: Option<PathBuf>,
+    /// Write the summary as JSON (schema quring-load/1).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write an HdrHistogram interval log (one latency and one handshake histogram per second).
+    #[arg(long, value_name = "PATH")]
+    hdr_log: Option<PathBuf>,
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "echo" => Ok(Protocol::Echo),
+        "perf" => Ok(Protocol::Perf),
+        "discard" => Ok(Protocol::Discard),
+        _ => Err(format!("'{s}' is not a protocol (echo, perf or discard)")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -142,6 +256,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Load(args) => load(args),
+        Command::Report(ReportCommand::Merge(args)) => merge(args),
     };
     match result {
         Ok(code) => code,
@@ -283,4 +399,184 @@ fn print_stats(shards: &[StatsSnapshot]) {
         total = total.merge(s);
     }
     println!("stats total {total}");
+}
+
+fn load(args: LoadArgs) -> Result<ExitCode, Error> {
+    use std::net::ToSocketAddrs;
+    let target = args
+        .target
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("{}: not a reachable HOST:PORT: {e}", args.target)))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("{}: the name has no address", args.target)))?;
+    let host = args
+        .target
+        .rsplit_once(':')
+        .map_or(args.target.as_str(), |(host, _)| host)
+        .trim_matches(|c| c == '[' || c == ']');
+    let trust = match (&args.cafile, args.insecure) {
+        (Some(path), _) => ServerTrust::Roots(quring::tls::read_ca_file(path)?),
+        (None, true) => ServerTrust::Insecure,
+        (None, false) => {
+            return Err(Error::Config(
+                "give --cafile PEM (the server's certificate or its CA) or --insecure".into(),
+            ))
+        }
+    };
+    let mode = if args.datagrams {
+        Mode::Datagrams
+    } else if args.new_conn_per_request {
+        Mode::NewConnPerRequest
+    } else {
+        Mode::Streams
+    };
+    let config = LoadConfig {
+        target,
+        server_name: args.server_name.clone().unwrap_or_else(|| host.to_string()),
+        threads: args.threads.map_or_else(
+            || core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
+            usize::from,
+        ),
+        pin: !args.no_pin,
+        conns: args.conns as usize,
+        streams: args.streams as usize,
+        request_size: args.request_size,
+        response_size: args.response_size.unwrap_or(match args.protocol {
+            Protocol::Discard => 0,
+            _ => args.request_size,
+        }),
+        protocol: args.protocol,
+        mode,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup),
+        requests: args.requests,
+        rate: args.rate,
+        resume: args.resume || args.zero_rtt,
+        zero_rtt: args.zero_rtt,
+        alpn: args
+            .alpn
+            .clone()
+            .unwrap_or_else(|| args.protocol.name().to_string())
+            .into_bytes(),
+        trust,
+    };
+    config.validate()?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, interrupted.clone())
+            .map_err(|e| Error::Config(format!("installing signal handlers: {e}")))?;
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::SystemTime::now();
+    let outcome = load::run(&config, &interrupted, |p| {
+        let line = format!(
+            "[{:5.1}s]{} {:>10.0} req/s {:>8.3} Gbit/s {:>6} conns {:>6} errors",
+            p.elapsed,
+            if p.warming_up { " warm-up" } else { "" },
+            p.requests_per_s,
+            p.gbit_per_s,
+            p.conns_open,
+            p.errors
+        );
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    });
+    if terminal {
+        eprintln!();
+    }
+    let outcome = outcome?;
+    let summary = &outcome.summary;
+    println!("{summary}");
+    if let Some(path) = &args.json {
+        write_json(path, &summary.to_json())?;
+    }
+    if let Some(path) = &args.hdr_log {
+        let mut text = Vec::new();
+        load::report::write_interval_log(
+            &mut text,
+            Some(started + config.warmup),
+            &outcome.intervals,
+        )
+        .map_err(|e| Error::File(path.clone(), e))?;
+        std::fs::write(path, text).map_err(|e| Error::File(path.clone(), e.to_string()))?;
+    }
+    Ok(exit_for(summary))
+}
+
+/// 0 for a run without errors, 1 (after saying how many) for one with errors.
+fn exit_for(summary: &Summary) -> ExitCode {
+    let errors = summary.errors_total();
+    if errors == 0 {
+        return ExitCode::SUCCESS;
+    }
+    let kinds: Vec<String> = summary
+        .errors
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    eprintln!("quring: {errors} errors: {}", kinds.join(", "));
+    ExitCode::FAILURE
+}
+
+fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::File(path.to_path_buf(), e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::File(path.to_path_buf(), e.to_string()))
+}
+
+fn merge(args: MergeArgs) -> Result<ExitCode, Error> {
+    let mut summaries = Vec::new();
+    let mut logs = Vec::new();
+    for path in &args.files {
+        let bad = |why: String| Error::File(path.clone(), why);
+        let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        if text.trim_ascii_start().starts_with(b"{") {
+            let value: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+            summaries.push(Summary::from_json(&value).map_err(bad)?);
+        } else {
+            logs.push(load::report::read_interval_log(&text).map_err(bad)?);
+        }
+    }
+    if !summaries.is_empty() && !logs.is_empty() {
+        return Err(Error::Config(
+            "give only JSON summaries or only interval logs, not both".into(),
+        ));
+    }
+    if !summaries.is_empty() {
+        if args.hdr_log.is_some() {
+            return Err(Error::Config(
+                "--hdr-log merges interval logs, not summaries".into(),
+            ));
+        }
+        let merged = Summary::merge(&summaries).map_err(Error::Config)?;
+        println!("{merged}");
+        if let Some(path) = &args.json {
+            write_json(path, &merged.to_json())?;
+        }
+        return Ok(exit_for(&merged));
+    }
+    if args.json.is_some() {
+        return Err(Error::Config(
+            "--json merges summaries, not interval logs".into(),
+        ));
+    }
+    let merged = load::report::merge_interval_logs(logs).map_err(Error::Config)?;
+    for (tag, total) in load::report::totals_by_tag(&merged) {
+        println!(
+            "{tag:<13} {} values: {}",
+            total.len(),
+            load::report::latency_line(&total)
+        );
+    }
+    if let Some(path) = &args.hdr_log {
+        let mut text = Vec::new();
+        load::report::write_interval_log(&mut text, None, &merged)
+            .map_err(|e| Error::File(path.clone(), e))?;
+        std::fs::write(path, text).map_err(|e| Error::File(path.clone(), e.to_string()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,26 +2,22 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::Receiver;
 use rustls::pki_types::CertificateDer;
 
 use crate::app::AppFactory;
-use crate::datapath::{self, socket, Offloads, Waker};
+use crate::datapath::{self, socket, Offloads};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Handoff, Steering};
-use crate::shard::{Shard, ShardParams};
+use crate::shard::{ShardParams, ShardThreads};
 use crate::stats::{ShardStats, StatsSnapshot};
 use crate::tls::{self, Identity, TicketCache};
 
 /// The address `quring serve` listens on without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
-
-/// How long a shard may take to build its ring and sockets before start-up fails.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Configures and starts a [`Server`].
 pub struct ServerBuilder {
@@ -151,8 +147,9 @@ impl ServerBuilder {
 
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let shards = self.shards.unwrap_or(cores.len().max(1));
+        let shards = self
+            .shards
+            .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)));
         if shards == 0 || shards > 256 {
             return Err(Error::Config(format!(
                 "--shards: {shards} is out of range (1 to 256)"
@@ -220,7 +217,7 @@ impl ServerBuilder {
             (0..shards).map(|_| Vec::new()).collect();
         for addr in &addrs {
             for sockets in per_shard.iter_mut() {
-                let (s, o) = socket::bind_shard(*addr).map_err(|e| bind_error(*addr, e))?;
+                let (s, o) = socket::bind_shard(*addr, true).map_err(|e| bind_error(*addr, e))?;
                 offloads = offloads.intersect(o);
                 sockets.push((s, addr.is_ipv6()));
             }
@@ -253,93 +250,55 @@ impl ServerBuilder {
         let handoff = Arc::new(handoff);
         let stop = Arc::new(AtomicBool::new(false));
         let open_total = Arc::new(AtomicUsize::new(0));
-        let (ready_tx, ready_rx) = bounded::<(usize, Result<(), String>)>(shards);
-        let (exit_tx, exit_rx) = bounded::<usize>(shards);
-        let mut handles = Vec::with_capacity(shards);
-        for (index, (sockets, inbox)) in per_shard.into_iter().zip(inboxes).enumerate() {
-            let stats = Arc::new(ShardStats::default());
-            let waker = wakers[index].clone();
-            let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
-            let cids = layout.clone();
-            endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
-            let params = ShardParams {
-                index,
-                sockets,
-                offloads,
-                endpoint_config: Arc::new(endpoint_config),
-                layout: layout.clone(),
-                handoff: handoff.clone(),
-                inbox,
-                open_total: open_total.clone(),
-                max_conns: self.max_conns,
-                server_config: server_config.clone(),
-                apps: self.apps.clone(),
-                stats: stats.clone(),
-                waker: waker.clone(),
-                stop: stop.clone(),
-                drain_timeout: self.drain_timeout,
-                log_handshakes: self.log_handshakes,
-            };
-            let core = if self.pin && !cores.is_empty() {
-                Some(cores[index % cores.len()])
-            } else {
-                None
-            };
-            let ready = ready_tx.clone();
-            let exit = ExitNotice(index, exit_tx.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("quring-shard-{index}"))
-                .spawn(move || {
-                    let _exit = exit;
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    let shard = match Shard::new(params) {
-                        Ok(shard) => {
-                            let _ = ready.send((index, Ok(())));
-                            shard
-                        }
-                        Err(e) => {
-                            let msg = format!("starting the ring: {e}");
-                            let _ = ready.send((index, Err(msg.clone())));
-                            return Err(msg);
-                        }
-                    };
-                    shard.run().map_err(|e| format!("ring failed: {e}"))
-                })
-                .map_err(|e| Error::Shard(index, format!("spawning its thread: {e}")))?;
-            handles.push(ShardHandle {
-                thread: Mutex::new(Some(thread)),
-                waker,
-                stats,
-            });
-        }
-        drop(ready_tx);
-        let server = Server {
+        let params = per_shard
+            .into_iter()
+            .zip(inboxes)
+            .zip(wakers)
+            .enumerate()
+            .map(|(index, ((sockets, inbox), waker))| {
+                let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
+                let cids = layout.clone();
+                endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
+                ShardParams {
+                    index,
+                    sockets,
+                    offloads,
+                    endpoint_config: Arc::new(endpoint_config),
+                    layout: layout.clone(),
+                    handoff: handoff.clone(),
+                    inbox,
+                    open_total: open_total.clone(),
+                    max_conns: self.max_conns,
+                    server_config: Some(server_config.clone()),
+                    client_config: None,
+                    apps: self.apps.clone(),
+                    driver: None,
+                    stats: Arc::new(ShardStats::default()),
+                    waker,
+                    stop: stop.clone(),
+                    drain_timeout: self.drain_timeout,
+                    log_handshakes: self.log_handshakes,
+                }
+            })
+            .collect();
+        let cores = if self.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let threads = ShardThreads::start(params, cores, "quring-shard", || {
+            stop.store(true, Ordering::Release)
+        })?;
+        Ok(Server {
             addrs,
-            shards: handles,
+            threads,
             stop,
-            exited: exit_rx,
             identity,
             offloads,
             alpns,
             steering,
             ticket_cache,
-        };
-        for _ in 0..shards {
-            match ready_rx.recv_timeout(START_TIMEOUT) {
-                Ok((_, Ok(()))) => {}
-                Ok((index, Err(msg))) => {
-                    let _ = server.shutdown();
-                    return Err(Error::Shard(index, msg));
-                }
-                Err(_) => {
-                    let _ = server.shutdown();
-                    return Err(Error::Shard(0, "did not start in time".into()));
-                }
-            }
-        }
-        Ok(server)
+        })
     }
 }
 
@@ -351,27 +310,11 @@ fn bind_error(addr: SocketAddr, e: std::io::Error) -> Error {
     }
 }
 
-/// Tells the server a shard thread ended, however it ended (panics included).
-struct ExitNotice(usize, Sender<usize>);
-
-impl Drop for ExitNotice {
-    fn drop(&mut self) {
-        let _ = self.1.try_send(self.0);
-    }
-}
-
-struct ShardHandle {
-    thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
-    waker: Waker,
-    stats: Arc<ShardStats>,
-}
-
 /// A running server: its shards serve until [`Server::shutdown`] (or drop).
 pub struct Server {
     addrs: Vec<SocketAddr>,
-    shards: Vec<ShardHandle>,
+    threads: ShardThreads,
     stop: Arc<AtomicBool>,
-    exited: Receiver<usize>,
     identity: Identity,
     offloads: Offloads,
     alpns: Vec<Vec<u8>>,
@@ -409,7 +352,7 @@ impl Server {
 
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.threads.len()
     }
 
     /// The leaf certificate presented to clients.
@@ -439,7 +382,7 @@ impl Server {
 
     /// Current counters, one snapshot per shard.
     pub fn stats(&self) -> Vec<StatsSnapshot> {
-        self.shards.iter().map(|s| s.stats.snapshot()).collect()
+        self.threads.stats()
     }
 
     /// The session ticket cache all shards share (its counters: [`TicketCache::stats`]).
@@ -449,7 +392,7 @@ impl Server {
 
     /// Receives a shard's index when its thread ends; before shutdown that means it failed.
     pub fn shard_exited(&self) -> &Receiver<usize> {
-        &self.exited
+        self.threads.exited()
     }
 
     /// Stops accepting, closes every connection with code 0 and reason
@@ -458,30 +401,7 @@ impl Server {
     /// afterwards; a second call does nothing.
     pub fn shutdown(&self) -> Result<(), Error> {
         self.stop.store(true, Ordering::Release);
-        for shard in &self.shards {
-            shard.waker.wake();
-        }
-        let mut result = Ok(());
-        for (index, shard) in self.shards.iter().enumerate() {
-            // Only this method takes the lock; a poisoned lock still holds the handle.
-            let taken = shard
-                .thread
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take();
-            let Some(thread) = taken else {
-                continue;
-            };
-            let outcome = match thread.join() {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(msg)) => Err(Error::Shard(index, msg)),
-                Err(_) => Err(Error::Shard(index, "panicked".into())),
-            };
-            if result.is_ok() {
-                result = outcome;
-            }
-        }
-        result
+        self.threads.join()
     }
 }
 

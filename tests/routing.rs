@@ -144,7 +144,7 @@ async fn migration_with_steering_reaches_the_owner_directly() {
 fn steered_group(n: usize) -> (Vec<UdpSocket>, SocketAddr, CidLayout) {
     let addr = socket::resolve_free("127.0.0.1:0".parse().unwrap()).expect("free port");
     let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| socket::bind_shard(addr).expect("bind").0.into())
+        .map(|_| socket::bind_shard(addr, true).expect("bind").0.into())
         .collect();
     let layout = CidLayout::new(n, 0, Vec::new()).unwrap();
     let group_member = socket2::SockRef::from(&sockets[0]);

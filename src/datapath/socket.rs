@@ -55,12 +55,13 @@ pub fn resolve_free(addr: SocketAddr) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("bound address is not an IP address"))
 }
 
-/// Opens one shard's socket on `addr` (which must be concrete: no port 0) in the reuseport
-/// group, with every offload the kernel grants. Sockets stay blocking: io_uring then waits for
+/// Opens one shard's socket on `addr` with every offload the kernel grants: a server shard's
+/// in the reuseport group of `addr` (which must be concrete: no port 0), a client shard's
+/// (`reuse_port` false) on a port of its own. Sockets stay blocking: io_uring then waits for
 /// readiness itself instead of failing with `EAGAIN`.
-pub fn bind_shard(addr: SocketAddr) -> io::Result<(Socket, Offloads)> {
+pub fn bind_shard(addr: SocketAddr, reuse_port: bool) -> io::Result<(Socket, Offloads)> {
     let socket = new_udp(&addr)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     // Best effort: the kernel caps these at its maxima, which `quring tune` reports.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);

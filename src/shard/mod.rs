@@ -7,10 +7,13 @@
 //! app, then transmit what the connections have to send, until the send slots run out.
 
 mod closing;
+mod threads;
 mod timers;
 
 pub(crate) use closing::CloseAwareFactory;
+pub(crate) use threads::ShardThreads;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,12 +21,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent,
-    Transmit, VarInt,
+    ConnectError, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event,
+    StreamEvent, Transmit, VarInt,
 };
 use socket2::Socket;
 
-use crate::app::{App, AppFactory, Conn, ConnId, HandshakeInfo, Hello, Refusal};
+use crate::app::{
+    App, AppFactory, Conn, ConnId, Control, Driver, DriverFactory, DriverPoll, HandshakeInfo,
+    Hello, Refusal,
+};
 use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
@@ -54,8 +60,13 @@ pub(crate) struct ShardParams {
     /// Connections open on all shards, against `max_conns`.
     pub open_total: Arc<AtomicUsize>,
     pub max_conns: usize,
-    pub server_config: Arc<quinn_proto::ServerConfig>,
+    /// Accepts connections with this configuration (a server shard).
+    pub server_config: Option<Arc<quinn_proto::ServerConfig>>,
+    /// Opens connections with this configuration (a client shard).
+    pub client_config: Option<quinn_proto::ClientConfig>,
     pub apps: Vec<Arc<dyn AppFactory>>,
+    /// Builds the driver of a client shard.
+    pub driver: Option<Arc<dyn DriverFactory>>,
     pub stats: Arc<ShardStats>,
     pub waker: Waker,
     pub stop: Arc<AtomicBool>,
@@ -69,8 +80,10 @@ struct Entry {
     id: ConnId,
     /// Socket the connection arrived on; all its datagrams leave through it.
     socket: usize,
-    /// Index of the app serving it, once the ALPN is known.
-    app: Option<usize>,
+    /// Who hears its events.
+    listener: Listener,
+    /// Opened by the shard's driver (a client connection).
+    dialed: bool,
     alpn: Vec<u8>,
     /// The deadline the timer queue holds for it.
     timer: Option<Instant>,
@@ -86,6 +99,17 @@ struct Entry {
     accepted_at: Instant,
     /// What its handshake negotiated, from its completion on.
     handshake: Option<Box<HandshakeInfo>>,
+}
+
+/// Who hears a connection's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// Nobody (yet: a server connection whose ALPN is not known; or refused).
+    Nobody,
+    /// The served app at this index.
+    App(usize),
+    /// The shard's driver.
+    Driver,
 }
 
 struct ServedApp {
@@ -120,13 +144,20 @@ pub(crate) struct Shard {
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
     log_handshakes: bool,
+    client_config: Option<quinn_proto::ClientConfig>,
+    driver: Option<Box<dyn Driver>>,
+    /// When the driver asked to be polled next.
+    driver_wake: Option<Instant>,
+    driver_done: bool,
+    /// Slots of the driver's connections by sequence number.
+    dialed: HashMap<u64, usize>,
 }
 
 impl Shard {
     /// Builds the shard on its own thread.
     pub fn new(p: ShardParams) -> std::io::Result<Shard> {
         let datapath = Datapath::new(p.sockets, p.offloads, &p.waker, p.stats.clone())?;
-        let endpoint = Endpoint::new(p.endpoint_config, Some(p.server_config), true, None);
+        let endpoint = Endpoint::new(p.endpoint_config, p.server_config, true, None);
         let apps = p
             .apps
             .iter()
@@ -158,6 +189,11 @@ impl Shard {
             open_total: p.open_total,
             max_conns: p.max_conns,
             log_handshakes: p.log_handshakes,
+            client_config: p.client_config,
+            driver: p.driver.map(|f| f.build(p.index)),
+            driver_wake: None,
+            driver_done: false,
+            dialed: HashMap::new(),
         })
     }
 
@@ -175,15 +211,23 @@ impl Shard {
                     }
                 }
             }
-            if drain_deadline.is_none() && self.stop.load(Ordering::Acquire) {
-                drain_deadline = Some(now + self.drain_timeout);
-                self.close_all(now);
-            }
+            // The driver is polled after the connections' events, so that it acts on what
+            // they told it in this same round.
             self.drive_dirty(now)?;
-            let timeout = self
-                .timers
-                .next()
-                .map(|at| at.saturating_duration_since(now));
+            if drain_deadline.is_none() {
+                self.poll_driver(now);
+                if self.driver_done || self.stop.load(Ordering::Acquire) {
+                    drain_deadline = Some(now + self.drain_timeout);
+                    self.close_all(now);
+                }
+                self.drive_dirty(now)?;
+            }
+            let wake = match (self.timers.next(), self.driver_wake) {
+                (Some(a), Some(b)) if drain_deadline.is_none() => Some(a.min(b)),
+                (None, Some(b)) if drain_deadline.is_none() => Some(b),
+                (a, _) => a,
+            };
+            let timeout = wake.map(|at| at.saturating_duration_since(now));
             let timeout = match drain_deadline {
                 Some(deadline) => {
                     if self.open == 0 || now >= deadline {
@@ -304,7 +348,9 @@ impl Shard {
                     .endpoint
                     .accept(incoming, now, &mut self.response, None)
                 {
-                    Ok((handle, conn)) => self.insert(handle, conn, socket, now),
+                    Ok((handle, conn)) => {
+                        self.insert(handle, conn, socket, now, Listener::Nobody);
+                    }
                     Err(e) => {
                         tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
                         if let Some(t) = e.response {
@@ -335,13 +381,30 @@ impl Shard {
         }
     }
 
+    /// Polls the driver, if the shard has one.
+    fn poll_driver(&mut self, now: Instant) {
+        let Some(mut driver) = self.driver.take() else {
+            return;
+        };
+        let outcome = driver.poll(&mut Control { shard: self, now });
+        self.driver = Some(driver);
+        match outcome {
+            DriverPoll::Until(at) => self.driver_wake = at,
+            DriverPoll::Done => {
+                self.driver_done = true;
+                self.driver_wake = None;
+            }
+        }
+    }
+
     fn insert(
         &mut self,
         handle: ConnectionHandle,
         conn: quinn_proto::Connection,
         socket: usize,
         now: Instant,
-    ) {
+        listener: Listener,
+    ) -> ConnId {
         let slot = handle.0;
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -358,7 +421,8 @@ impl Shard {
             conn,
             id,
             socket,
-            app: None,
+            listener,
+            dialed: listener == Listener::Driver,
             alpn: Vec::new(),
             timer: None,
             dirty: false,
@@ -369,6 +433,7 @@ impl Shard {
             handshake: None,
         });
         mark_dirty(&mut self.dirty, entry, slot);
+        id
     }
 
     /// Closes every connection with the shutdown code and reason.
@@ -421,6 +486,7 @@ impl Shard {
         while let Some(event) = entry.conn.poll() {
             dispatch(
                 &mut self.apps,
+                &mut self.driver,
                 entry,
                 event,
                 now,
@@ -451,17 +517,20 @@ impl Shard {
         }
         exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
         if entry.conn.is_drained() {
-            if entry.announced && !entry.closed {
-                if let Some(app) = entry.app.and_then(|i| self.apps.get_mut(i)) {
-                    app.app.on_closed(
+            if (entry.announced || entry.dialed) && !entry.closed {
+                if let Some(app) = listener(&mut self.apps, &mut self.driver, entry.listener) {
+                    app.on_closed(
                         entry.id,
                         &ConnectionError::LocallyClosed,
                         entry.handshake.as_deref(),
                     );
                 }
             }
-            if !entry.announced {
+            if entry.handshake.is_none() {
                 self.stats.handshakes_failed.add(1);
+            }
+            if entry.dialed {
+                self.dialed.remove(&entry.id.seq);
             }
             self.conns[slot] = None;
             self.open -= 1;
@@ -501,9 +570,23 @@ fn exchange_endpoint_events(
     }
 }
 
+/// The app that hears a connection's events.
+fn listener<'a>(
+    apps: &'a mut [ServedApp],
+    driver: &'a mut Option<Box<dyn Driver>>,
+    listener: Listener,
+) -> Option<&'a mut (dyn App + 'static)> {
+    match listener {
+        Listener::Nobody => None,
+        Listener::App(i) => apps.get_mut(i).map(|a| &mut *a.app),
+        Listener::Driver => driver.as_deref_mut().map(|d| d as &mut (dyn App + 'static)),
+    }
+}
+
 /// Delivers one connection event to the connection's app.
 fn dispatch(
     apps: &mut [ServedApp],
+    driver: &mut Option<Box<dyn Driver>>,
     entry: &mut Entry,
     event: Event,
     now: Instant,
@@ -515,12 +598,18 @@ fn dispatch(
         let (alpn, sni) = data.map_or((Vec::new(), None), |d| {
             (d.protocol.unwrap_or_default(), d.server_name)
         });
-        entry.app = apps.iter().position(|a| a.alpn == alpn);
-        let verdict = match entry.app.and_then(|i| apps.get_mut(i)) {
+        entry.alpn = alpn;
+        if entry.dialed {
+            return;
+        }
+        let alpn = &entry.alpn;
+        let app = apps.iter().position(|a| a.alpn == *alpn);
+        entry.listener = app.map_or(Listener::Nobody, Listener::App);
+        let verdict = match app.and_then(|i| apps.get_mut(i)) {
             Some(served) => served.app.on_hello(&Hello {
                 remote: entry.conn.remote_address(),
                 sni: sni.as_deref(),
-                alpn: &alpn,
+                alpn,
             }),
             None => Err(Refusal {
                 code: NO_APP_CODE,
@@ -529,15 +618,14 @@ fn dispatch(
         };
         if let Err(refusal) = verdict {
             stats.conns_refused.add(1);
-            entry.app = None;
+            entry.listener = Listener::Nobody;
             entry
                 .conn
                 .close(now, refusal.code, Bytes::from(refusal.reason));
         }
-        entry.alpn = alpn;
         return;
     }
-    let Some(served) = entry.app.and_then(|i| apps.get_mut(i)) else {
+    let Some(app) = listener(apps, driver, entry.listener) else {
         return;
     };
     if matches!(event, Event::Connected) && entry.handshake.is_none() {
@@ -568,7 +656,6 @@ fn dispatch(
         }
         entry.handshake = Some(Box::new(info));
     }
-    let app = &mut served.app;
     let mut conn = Conn {
         inner: &mut entry.conn,
         id: entry.id,
@@ -576,9 +663,12 @@ fn dispatch(
         now,
         handshake: entry.handshake.as_deref(),
     };
-    // Accepted 0-RTT data arrives before the handshake completes: announce the connection
-    // before its first stream or datagram.
-    if !entry.announced && !matches!(event, Event::Connected | Event::ConnectionLost { .. }) {
+    // Accepted 0-RTT data arrives before the handshake completes: announce a server
+    // connection before its first stream or datagram.
+    if !entry.announced
+        && !entry.dialed
+        && !matches!(event, Event::Connected | Event::ConnectionLost { .. })
+    {
         entry.announced = true;
         app.on_connected(&mut conn);
     }
@@ -591,7 +681,7 @@ fn dispatch(
             }
         }
         Event::ConnectionLost { reason } => {
-            if entry.announced && !entry.closed {
+            if (entry.announced || entry.dialed) && !entry.closed {
                 entry.closed = true;
                 app.on_closed(entry.id, &reason, entry.handshake.as_deref());
             }
@@ -614,5 +704,50 @@ fn dispatch(
             }
         }
         Event::DatagramsUnblocked => {}
+    }
+}
+
+impl Control<'_> {
+    /// The time of this poll.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Opens a connection to `remote`, naming `server_name` in the handshake. Its events go
+    /// to the driver; [`App::on_closed`] follows for it in any case.
+    pub fn connect(
+        &mut self,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnId, ConnectError> {
+        let shard = &mut *self.shard;
+        let config = shard
+            .client_config
+            .clone()
+            .ok_or(ConnectError::NoDefaultClientConfig)?;
+        let (handle, conn) = shard
+            .endpoint
+            .connect(self.now, config, remote, server_name)?;
+        let id = shard.insert(handle, conn, 0, self.now, Listener::Driver);
+        shard.dialed.insert(id.seq, handle.0);
+        Ok(id)
+    }
+
+    /// One of the driver's open connections, to act on (`None` once it is gone).
+    pub fn conn(&mut self, id: ConnId) -> Option<Conn<'_>> {
+        let shard = &mut *self.shard;
+        if usize::from(id.shard) != shard.index {
+            return None;
+        }
+        let slot = *shard.dialed.get(&id.seq)?;
+        let entry = shard.conns.get_mut(slot)?.as_mut()?;
+        mark_dirty(&mut shard.dirty, entry, slot);
+        Some(Conn {
+            inner: &mut entry.conn,
+            id,
+            alpn: &entry.alpn,
+            now: self.now,
+            handshake: entry.handshake.as_deref(),
+        })
     }
 }

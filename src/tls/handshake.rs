@@ -1,18 +1,20 @@
-//! What a server connection's handshake negotiated, including whether it resumed a session.
+//! What a connection's handshake negotiated, including whether it resumed a session, on
+//! either side.
 //!
-//! quinn-proto's rustls session is private and reports only the ALPN protocol and server name,
-//! so the server's crypto configuration is wrapped: [`ObservingServerConfig`] starts quinn-proto's
-//! own rustls session inside an [`ObservingSession`] that forwards every call unchanged and
-//! reads the handshake messages the server writes. TLS 1.3 servers accept a resumption by
-//! putting a `pre_shared_key` extension in their ServerHello (RFC 8446 §4.2.11), and only then,
-//! so the session knows, from its own bytes and for its own connection, whether it resumed.
-//! Its [`crypto::Session::handshake_data`] returns a [`HandshakeData`] with that flag.
+//! quinn-proto's rustls session is private and reports only the ALPN protocol and (to a server)
+//! the server name, so quring wraps its crypto configurations: [`ObservingServerConfig`] and
+//! [`ObservingClientConfig`] start quinn-proto's own rustls session inside an
+//! [`ObservingSession`] that forwards every call unchanged and reads the two hellos as they
+//! pass. A server reads the ServerHello it writes and the ClientHello it reads; a client reads
+//! the ClientHello it writes and the ServerHello it reads (skipping a HelloRetryRequest).
 //!
-//! The same ServerHello names the negotiated TLS version (`supported_versions`), cipher suite
-//! and key-exchange group (`key_share`), and the ClientHello the session reads says whether
-//! the client offered 0-RTT (`early_data`). Whether 0-RTT data was accepted is quinn-proto's
-//! to say (`Connection::has_0rtt` on a server: rustls hands out 0-RTT keys only once it
-//! accepted early data).
+//! TLS 1.3 servers accept a resumption by putting a `pre_shared_key` extension in their
+//! ServerHello (RFC 8446 §4.2.11), and only then, so each side knows, from the bytes of its own
+//! connection, whether it resumed. The same ServerHello names the negotiated TLS version
+//! (`supported_versions`), cipher suite and key-exchange group (`key_share`), and the
+//! ClientHello says whether the client offered 0-RTT (`early_data`). The session's
+//! [`crypto::Session::handshake_data`] returns all of it as a [`HandshakeData`]. Whether 0-RTT
+//! data was accepted is quinn-proto's to say ([`zero_rtt_accepted`]).
 //!
 //! When the handshake completes the shard gathers all of it into a [`HandshakeInfo`], kept for
 //! the connection's whole life.
@@ -26,21 +28,25 @@ use quinn_proto::crypto::{
     self, ExportKeyingMaterialError, HeaderKey, KeyPair, Keys, PacketKey, UnsupportedVersion,
 };
 use quinn_proto::transport_parameters::TransportParameters;
-use quinn_proto::{ConnectionId, Side, TransportError};
+use quinn_proto::{ConnectError, ConnectionId, Side, TransportError};
+use rustls::pki_types::ServerName;
 
-/// Handshake results of a server connection, as its crypto session reports them.
+/// Handshake results of a connection, as its crypto session reports them (on either side).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HandshakeData {
     /// The negotiated ALPN protocol.
     pub protocol: Option<Vec<u8>>,
-    /// The server name the client asked for (SNI).
+    /// The server name the client asked for (SNI): on a server, the name the client sent; on a
+    /// client, the name it connected to if that is a DNS name (a client sends no SNI for an IP
+    /// address).
     pub server_name: Option<String>,
     /// The handshake resumed an earlier session with a ticket (PSK) instead of a full
     /// handshake with the certificate.
     pub resumed: bool,
-    /// What the server's ServerHello selected, once it was written.
+    /// What the server's ServerHello selected, once it was written (server) or read (client);
+    /// `None` before that or if it did not parse.
     pub server_hello: Option<ServerHello>,
-    /// The client's ClientHello carried the `early_data` extension (it offered 0-RTT);
+    /// The client's first ClientHello carried the `early_data` extension (it offered 0-RTT);
     /// `None` while the ClientHello is incomplete or if it did not parse.
     pub early_data_offered: Option<bool>,
 }
@@ -85,15 +91,23 @@ pub struct HandshakeInfo {
     pub zero_rtt_offered: bool,
     /// The server accepted the client's 0-RTT data.
     pub zero_rtt_accepted: bool,
-    /// The peer presented a certificate chain.
+    /// The peer presented a certificate chain in this handshake. A resumed handshake carries
+    /// no certificate (a resuming rustls client still reports the chain it saw when the ticket
+    /// was issued, which does not count here).
     pub peer_certificates: bool,
-    /// From the server accepting the connection to the handshake completing.
+    /// From the connection's start (a server accepting it, a client connecting) to the
+    /// handshake completing, as the caller measured it.
     pub duration: Duration,
 }
 
 impl HandshakeInfo {
     /// Gathers the handshake's results from a connection whose handshake just completed;
     /// `duration` is measured by the caller.
+    ///
+    /// Complete on both sides for connections whose crypto configuration quring built
+    /// ([`crate::tls::server_config_with`], [`crate::tls::client_config`]). For any other
+    /// session only the ALPN, the SNI (server side), 0-RTT acceptance and the peer's
+    /// certificates are known; version, cipher suite and group are `None`.
     pub fn capture(conn: &quinn_proto::Connection, duration: Duration) -> HandshakeInfo {
         let session = conn.crypto_session();
         let data = handshake_data(session).unwrap_or_default();
@@ -109,7 +123,7 @@ impl HandshakeInfo {
             // Accepted early data was offered, whatever the parser made of the ClientHello.
             zero_rtt_offered: data.early_data_offered == Some(true) || zero_rtt_accepted,
             zero_rtt_accepted,
-            peer_certificates: session.peer_identity().is_some(),
+            peer_certificates: !data.resumed && session.peer_identity().is_some(),
             duration,
         }
     }
@@ -168,13 +182,13 @@ impl fmt::Display for HandshakeNotComplete {
 
 impl std::error::Error for HandshakeNotComplete {}
 
-/// Reads [`HandshakeData`] from a connection's crypto session, if it has any yet (after the
-/// ClientHello was processed).
+/// Reads [`HandshakeData`] from a connection's crypto session, if it has any yet (a server's
+/// once the ClientHello was processed, a client's once the ALPN protocol was negotiated).
 pub fn handshake_data(session: &dyn crypto::Session) -> Option<HandshakeData> {
     let any = session.handshake_data()?;
     match any.downcast::<HandshakeData>() {
         Ok(data) => Some(*data),
-        // A session quring did not wrap (a client's): quinn-proto's own type.
+        // A session quring did not wrap: quinn-proto's own type.
         Err(any) => any
             .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
             .ok()
@@ -217,67 +231,191 @@ impl<C: crypto::ServerConfig + 'static> crypto::ServerConfig for ObservingServer
         version: u32,
         params: &TransportParameters,
     ) -> Box<dyn crypto::Session> {
-        Box::new(ObservingSession {
-            inner: self.inner.clone().start_session(version, params),
-            server_hello: None,
-            client_hello: ClientHelloState::Reading(Vec::new()),
-        })
+        let inner = self.inner.clone().start_session(version, params);
+        Box::new(ObservingSession::new(inner, Side::Server, None))
     }
 }
 
-/// A server session that forwards everything to the inner session and notes, from the
-/// ServerHello it writes, what the handshake negotiated and whether it resumed, and from the
-/// ClientHello it reads, whether the client offered 0-RTT.
+/// A client crypto configuration that starts each session as an [`ObservingSession`] around
+/// the inner configuration's session.
+pub struct ObservingClientConfig<C> {
+    inner: Arc<C>,
+}
+
+impl<C> ObservingClientConfig<C> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<C>) -> Self {
+        ObservingClientConfig { inner }
+    }
+}
+
+impl<C: crypto::ClientConfig + 'static> crypto::ClientConfig for ObservingClientConfig<C> {
+    fn start_session(
+        self: Arc<Self>,
+        version: u32,
+        server_name: &str,
+        params: &TransportParameters,
+    ) -> Result<Box<dyn crypto::Session>, ConnectError> {
+        let inner = self
+            .inner
+            .clone()
+            .start_session(version, server_name, params)?;
+        Ok(Box::new(ObservingSession::new(
+            inner,
+            Side::Client,
+            sent_sni(server_name),
+        )))
+    }
+}
+
+/// The SNI a rustls client sends when it connects to `server_name`: a DNS name without any
+/// trailing dot; none for an IP address (RFC 6066 §3).
+fn sent_sni(server_name: &str) -> Option<String> {
+    match ServerName::try_from(server_name) {
+        Ok(ServerName::DnsName(name)) => {
+            let name = name.as_ref();
+            Some(name.strip_suffix('.').unwrap_or(name).to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// A crypto session that forwards everything to the inner session (quinn-proto's rustls
+/// session) and reads the two hellos as they pass through it: a server reads the ClientHello
+/// it receives and the ServerHello it writes, a client the ClientHello it writes and the
+/// ServerHello it receives. From them it knows what the handshake negotiated, whether it
+/// resumed and whether the client offered 0-RTT; [`crypto::Session::handshake_data`] returns
+/// that as a [`HandshakeData`].
 pub struct ObservingSession {
     inner: Box<dyn crypto::Session>,
-    /// `None` until the ServerHello (not a HelloRetryRequest) has been written.
-    server_hello: Option<ServerHello>,
-    client_hello: ClientHelloState,
+    side: Side,
+    /// The SNI a client sent (a server takes the one it received from the inner session).
+    sent_sni: Option<String>,
+    /// The client's handshake stream, up to its first ClientHello.
+    client_hello: HelloState<ClientHello>,
+    /// The server's handshake stream, up to the ServerHello after any HelloRetryRequest.
+    server_hello: HelloState<ServerHello>,
 }
 
-/// The most bytes of the client's first flight kept to find a complete ClientHello.
-const MAX_CLIENT_HELLO: usize = 64 * 1024;
+impl ObservingSession {
+    fn new(inner: Box<dyn crypto::Session>, side: Side, sent_sni: Option<String>) -> Self {
+        ObservingSession {
+            inner,
+            side,
+            sent_sni,
+            client_hello: HelloState::new(),
+            server_hello: HelloState::new(),
+        }
+    }
 
-enum ClientHelloState {
-    /// The first bytes of the client's handshake stream, until the first message is complete
-    /// (often the first `read_handshake` holds all of it, and nothing is kept).
+    /// Notes handshake bytes this side wrote.
+    fn wrote(&mut self, bytes: &[u8]) {
+        match self.side {
+            Side::Server => self.server_hello.read(bytes),
+            Side::Client => self.client_hello.read(bytes),
+        }
+    }
+
+    /// Notes handshake bytes received from the peer.
+    fn received(&mut self, bytes: &[u8]) {
+        match self.side {
+            Side::Server => self.client_hello.read(bytes),
+            Side::Client => self.server_hello.read(bytes),
+        }
+    }
+}
+
+/// The most bytes of a handshake stream kept to find a complete hello in it.
+const MAX_HELLO_STREAM: usize = 64 * 1024;
+
+/// A hello message looked for at the start of a handshake stream.
+trait Hello: Copy {
+    /// Reads the stream from its start, as far as it has arrived.
+    fn find(stream: &[u8]) -> HelloParse<Self>;
+}
+
+/// What quring reads from a ClientHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClientHello {
+    /// It carried the `early_data` extension.
+    early_data: bool,
+}
+
+impl Hello for ClientHello {
+    fn find(stream: &[u8]) -> HelloParse<Self> {
+        match client_hello_offers_early_data(stream) {
+            Incomplete => Incomplete,
+            Parsed(early) => Parsed(early.map(|early_data| ClientHello { early_data })),
+        }
+    }
+}
+
+impl Hello for ServerHello {
+    fn find(stream: &[u8]) -> HelloParse<Self> {
+        first_server_hello(stream)
+    }
+}
+
+/// One direction's handshake stream (bytes written or received, in order), read until the
+/// hello at its start is complete.
+enum HelloState<H> {
+    /// The first bytes of the stream, until the hello is complete (often the first chunk holds
+    /// all of it, and nothing is kept).
     Reading(Vec<u8>),
-    /// Whether the ClientHello offered early data; `None` if it did not parse.
-    Done(Option<bool>),
+    /// The hello; `None` if it did not parse or was not complete within
+    /// [`MAX_HELLO_STREAM`] bytes.
+    Done(Option<H>),
 }
 
-impl ClientHelloState {
+/// The client's handshake stream, as a server receives it or a client writes it.
+type ClientHelloState = HelloState<ClientHello>;
+
+impl<H: Hello> HelloState<H> {
+    fn new() -> Self {
+        HelloState::Reading(Vec::new())
+    }
+
+    /// Takes the stream's next bytes.
     fn read(&mut self, buf: &[u8]) {
-        let ClientHelloState::Reading(kept) = self else {
+        let HelloState::Reading(kept) = self else {
             return;
         };
         let outcome = if kept.is_empty() {
-            let outcome = client_hello_offers_early_data(buf);
-            if outcome == Incomplete && buf.len() < MAX_CLIENT_HELLO {
+            let outcome = H::find(buf);
+            if matches!(outcome, Incomplete) && buf.len() < MAX_HELLO_STREAM {
                 kept.extend_from_slice(buf);
                 return;
             }
             outcome
         } else {
-            let room = MAX_CLIENT_HELLO.saturating_sub(kept.len());
+            let room = MAX_HELLO_STREAM.saturating_sub(kept.len());
             kept.extend_from_slice(&buf[..buf.len().min(room)]);
-            let outcome = client_hello_offers_early_data(kept);
-            if outcome == Incomplete && kept.len() < MAX_CLIENT_HELLO {
+            let outcome = H::find(kept);
+            if matches!(outcome, Incomplete) && kept.len() < MAX_HELLO_STREAM {
                 return;
             }
             outcome
         };
-        *self = ClientHelloState::Done(match outcome {
-            Parsed(offered) => offered,
+        *self = HelloState::Done(match outcome {
+            Parsed(hello) => hello,
             Incomplete => None,
         });
     }
 
-    fn offered(&self) -> Option<bool> {
+    /// The hello; `None` while it is incomplete, or if it did not parse.
+    fn found(&self) -> Option<H> {
         match self {
-            ClientHelloState::Reading(_) => None,
-            ClientHelloState::Done(offered) => *offered,
+            HelloState::Reading(_) => None,
+            HelloState::Done(hello) => *hello,
         }
+    }
+}
+
+impl ClientHelloState {
+    /// Whether the ClientHello offered early data; `None` while it is incomplete, or if it
+    /// did not parse.
+    fn offered(&self) -> Option<bool> {
+        self.found().map(|h| h.early_data)
     }
 }
 
@@ -288,16 +426,20 @@ impl crypto::Session for ObservingSession {
 
     fn handshake_data(&self) -> Option<Box<dyn Any>> {
         let inner = self.inner.handshake_data()?;
-        let (protocol, server_name) =
+        let (protocol, received_sni) =
             match inner.downcast::<quinn_proto::crypto::rustls::HandshakeData>() {
                 Ok(d) => (d.protocol, d.server_name),
                 Err(_) => (None, None),
             };
+        let server_hello = self.server_hello.found();
         Some(Box::new(HandshakeData {
             protocol,
-            server_name,
-            resumed: self.server_hello.is_some_and(|h| h.resumed),
-            server_hello: self.server_hello,
+            server_name: match self.side {
+                Side::Server => received_sni,
+                Side::Client => self.sent_sni.clone(),
+            },
+            resumed: server_hello.is_some_and(|h| h.resumed),
+            server_hello,
             early_data_offered: self.client_hello.offered(),
         }))
     }
@@ -319,7 +461,7 @@ impl crypto::Session for ObservingSession {
     }
 
     fn read_handshake(&mut self, buf: &[u8]) -> Result<bool, TransportError> {
-        self.client_hello.read(buf);
+        self.received(buf);
         self.inner.read_handshake(buf)
     }
 
@@ -330,11 +472,7 @@ impl crypto::Session for ObservingSession {
     fn write_handshake(&mut self, buf: &mut Vec<u8>) -> Option<Keys> {
         let start = buf.len();
         let keys = self.inner.write_handshake(buf);
-        if self.server_hello.is_none() {
-            // rustls writes whole handshake messages, and the ServerHello is the first thing a
-            // server writes after any HelloRetryRequest.
-            self.server_hello = find_server_hello(buf.get(start..).unwrap_or_default());
-        }
+        self.wrote(buf.get(start..).unwrap_or_default());
         keys
     }
 
@@ -374,39 +512,72 @@ const HELLO_RETRY_RANDOM: [u8; 32] = [
     0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C,
 ];
 
-/// Looks through handshake messages (`type, u24 length, body`, as TLS writes them into QUIC
-/// CRYPTO frames) for a ServerHello that is not a HelloRetryRequest: `Some(true)` if it carries
-/// a `pre_shared_key` extension, `Some(false)` if not, `None` if there is none or it does not
-/// parse.
+/// Splits the first handshake message (`type, u24 length, body`, as TLS writes them into QUIC
+/// CRYPTO frames) off `stream`: its type, its body and the rest of the stream; `None` while
+/// the message is incomplete.
+fn next_message(stream: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let mut r = Reader(stream);
+    let kind = r.u8()?;
+    let len = r.take(3)?;
+    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
+    let body = r.take(len)?;
+    Some((kind, body, r.0))
+}
+
+/// Looks through handshake messages for a ServerHello that is not a HelloRetryRequest:
+/// `Some(true)` if it carries a `pre_shared_key` extension, `Some(false)` if not, `None` if
+/// there is none or it does not parse.
 pub fn server_hello_resumes(messages: &[u8]) -> Option<bool> {
     find_server_hello(messages).map(|h| h.resumed)
 }
 
-/// Looks through handshake messages for a ServerHello that is not a HelloRetryRequest and
-/// returns what it selected; `None` if there is none or it does not parse.
+/// Looks through handshake messages, skipping any of another kind, for a ServerHello that is
+/// not a HelloRetryRequest and returns what it selected; `None` if there is none or it does
+/// not parse.
 pub fn find_server_hello(mut messages: &[u8]) -> Option<ServerHello> {
-    while messages.len() >= 4 {
-        let len = usize::from(messages[1]) << 16
-            | usize::from(messages[2]) << 8
-            | usize::from(messages[3]);
-        let body = messages.get(4..4 + len)?;
-        if messages[0] == SERVER_HELLO {
+    while let Some((kind, body, rest)) = next_message(messages) {
+        if kind == SERVER_HELLO {
             if let Some(hello) = parse_server_hello(body) {
                 return Some(hello);
             }
         }
-        messages = &messages[4 + len..];
+        messages = rest;
     }
     None
 }
 
+/// Reads a server's handshake stream from its start, as far as it has arrived: what the
+/// ServerHello after any HelloRetryRequest (RFC 8446 §4.1.4) selected, [`Incomplete`] until
+/// that ServerHello is complete, `Parsed(None)` if the stream starts with another message or
+/// the ServerHello does not parse.
+pub fn first_server_hello(mut stream: &[u8]) -> HelloParse<ServerHello> {
+    loop {
+        let Some((kind, body, rest)) = next_message(stream) else {
+            return Incomplete;
+        };
+        if kind != SERVER_HELLO {
+            return Parsed(None);
+        }
+        if !is_hello_retry_request(body) {
+            return Parsed(parse_server_hello(body));
+        }
+        stream = rest;
+    }
+}
+
+/// Whether a ServerHello body is a HelloRetryRequest.
+fn is_hello_retry_request(body: &[u8]) -> bool {
+    body.get(2..34) == Some(&HELLO_RETRY_RANDOM[..])
+}
+
 /// A ServerHello body's selections; `None` for a HelloRetryRequest or bad input.
 fn parse_server_hello(body: &[u8]) -> Option<ServerHello> {
-    let mut r = Reader(body);
-    let legacy_version = r.u16()?;
-    if r.take(32)? == HELLO_RETRY_RANDOM {
+    if is_hello_retry_request(body) {
         return None;
     }
+    let mut r = Reader(body);
+    let legacy_version = r.u16()?;
+    r.take(32)?; // random
     let session_id = r.u8()?;
     r.take(usize::from(session_id))?;
     let mut hello = ServerHello {
@@ -432,26 +603,25 @@ fn parse_server_hello(body: &[u8]) -> Option<ServerHello> {
     Some(hello)
 }
 
-/// What parsing the start of a client's handshake stream found.
+/// What reading the start of a handshake stream for a hello found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientHelloParse {
-    /// The first handshake message is not complete yet.
+pub enum HelloParse<T> {
+    /// The hello is not complete yet.
     Incomplete,
-    /// The first message is complete: whether it is a ClientHello offering early data
-    /// (`None` if it is not a ClientHello or does not parse).
-    Parsed(Option<bool>),
+    /// The hello is complete: what it says, or `None` if the stream starts with another
+    /// message or the hello does not parse.
+    Parsed(Option<T>),
 }
-use ClientHelloParse::{Incomplete, Parsed};
+use HelloParse::{Incomplete, Parsed};
+
+/// What reading the start of a client's handshake stream found: whether its ClientHello
+/// offered early data.
+pub type ClientHelloParse = HelloParse<bool>;
 
 /// Reads the first handshake message of `stream` (the client's handshake bytes from their
 /// start) and says whether it is a ClientHello with the `early_data` extension.
 pub fn client_hello_offers_early_data(stream: &[u8]) -> ClientHelloParse {
-    let mut r = Reader(stream);
-    let (Some(kind), Some(len)) = (r.u8(), r.take(3)) else {
-        return Incomplete;
-    };
-    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
-    let Some(body) = r.take(len) else {
+    let Some((kind, body, _)) = next_message(stream) else {
         return Incomplete;
     };
     if kind != CLIENT_HELLO {
@@ -679,8 +849,58 @@ mod tests {
         }
         assert_eq!(state.offered(), None);
         let mut state = ClientHelloState::Reading(Vec::new());
-        state.read(&vec![1u8; MAX_CLIENT_HELLO + 10]);
+        state.read(&vec![1u8; MAX_HELLO_STREAM + 10]);
         assert!(matches!(state, ClientHelloState::Done(None)));
+    }
+
+    #[test]
+    fn server_hello_after_a_retry_is_found_across_reads() {
+        let versions: &[u8] = &[0x03, 0x04];
+        let hrr = server_hello(HELLO_RETRY_RANDOM, &[(43, versions), (51, &[0x00, 0x17])]);
+        let mut share = vec![0x00, 0x17, 0, 65];
+        share.extend_from_slice(&[4; 65]);
+        let hello = server_hello([1; 32], &[(43, versions), (51, &share)]);
+        let expected = ServerHello {
+            version: 0x0304,
+            cipher_suite: 0x1301,
+            group: Some(0x0017),
+            resumed: false,
+        };
+        let mut stream = hrr.clone();
+        stream.extend_from_slice(&hello);
+        stream.extend_from_slice(&[8, 0, 0, 2, 0, 0]); // EncryptedExtensions
+        assert_eq!(first_server_hello(&hrr), Incomplete);
+        assert_eq!(first_server_hello(&stream), Parsed(Some(expected)));
+        for split in [1, 4, hrr.len(), hrr.len() + 3, hrr.len() + hello.len() - 1] {
+            let mut state = HelloState::<ServerHello>::new();
+            state.read(&stream[..split]);
+            assert_eq!(state.found(), None, "split {split}");
+            state.read(&stream[split..]);
+            assert_eq!(state.found(), Some(expected), "split {split}");
+        }
+        let mut state = HelloState::<ServerHello>::new();
+        for b in &stream {
+            state.read(std::slice::from_ref(b));
+        }
+        assert_eq!(state.found(), Some(expected));
+        // Another message first: no ServerHello to be had.
+        let mut state = HelloState::<ServerHello>::new();
+        state.read(&[8, 0, 0, 2, 0, 0]);
+        assert!(matches!(state, HelloState::Done(None)));
+        // A ServerHello claiming 16 MiB is given up on at the bound.
+        let mut state = HelloState::<ServerHello>::new();
+        state.read(&[SERVER_HELLO, 0xff, 0xff, 0xff]);
+        state.read(&vec![0; MAX_HELLO_STREAM]);
+        assert!(matches!(state, HelloState::Done(None)));
+    }
+
+    #[test]
+    fn a_client_sends_sni_for_dns_names_only() {
+        assert_eq!(sent_sni("localhost").as_deref(), Some("localhost"));
+        assert_eq!(sent_sni("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(sent_sni("127.0.0.1"), None);
+        assert_eq!(sent_sni("::1"), None);
+        assert_eq!(sent_sni("not a name"), None);
     }
 
     #[test]

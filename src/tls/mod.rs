@@ -1,5 +1,7 @@
-//! Certificates, session tickets, and the TLS and QUIC configuration built from them.
+//! Certificates, session tickets, and the TLS and QUIC configurations built from them: a
+//! server's ([`server_config_with`]) and a client's ([`client_config`]).
 
+mod client;
 pub mod handshake;
 pub mod tickets;
 
@@ -12,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
+pub use client::{client_config, read_ca_file, ClientTls, ServerTrust};
 pub use handshake::{HandshakeData, HandshakeInfo, HandshakeNotComplete};
 pub use tickets::{ClientTicketStore, TicketCache, TicketStats, DEFAULT_TICKET_CAPACITY};
 
@@ -47,15 +50,7 @@ impl Identity {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Identity, Error> {
         let cert_pem = std::fs::read_to_string(cert)
             .map_err(|e| Error::File(cert.to_path_buf(), e.to_string()))?;
-        let cert_chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::File(cert.to_path_buf(), format!("not a PEM certificate: {e}")))?;
-        if cert_chain.is_empty() {
-            return Err(Error::File(
-                cert.to_path_buf(),
-                "no CERTIFICATE block found".into(),
-            ));
-        }
+        let cert_chain = pem_certificates(cert, cert_pem.as_bytes())?;
         let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
             let why = match e {
                 rustls::pki_types::pem::Error::Io(io) => io.to_string(),
@@ -77,6 +72,20 @@ impl Identity {
         let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
         hex.join(":")
     }
+}
+
+/// The CERTIFICATE blocks of PEM text read from `path` (named in errors); at least one.
+fn pem_certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::File(path.to_path_buf(), format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::File(
+            path.to_path_buf(),
+            "no CERTIFICATE block found".into(),
+        ));
+    }
+    Ok(certs)
 }
 
 /// A fresh random HMAC-SHA256 key (for stateless resets).
@@ -165,6 +174,16 @@ pub fn server_config_with(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let crypto = handshake::ObservingServerConfig::new(Arc::new(crypto));
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(idle_timeout)?));
+    Ok(config)
+}
+
+/// The transport parameters and limits servers and clients share: streams of either direction
+/// up to 1024 at a time, 4 MiB per stream and [`CONNECTION_RECEIVE_WINDOW`] per connection of
+/// receive window, 16 MiB of send window, 4 MiB of datagram buffers each way, `idle_timeout`,
+/// and quinn-proto's CUBIC wrapped so that a closing connection's CONNECTION_CLOSE is never
+/// held back by its congestion window.
+fn transport_config(idle_timeout: Duration) -> Result<quinn_proto::TransportConfig, Error> {
     let mut transport = quinn_proto::TransportConfig::default();
     let idle = quinn_proto::IdleTimeout::try_from(idle_timeout)
         .map_err(|_| Error::Config("idle timeout too large".into()))?;
@@ -178,8 +197,7 @@ pub fn server_config_with(
         .datagram_receive_buffer_size(Some(4 << 20))
         .datagram_send_buffer_size(4 << 20)
         .congestion_controller_factory(Arc::new(crate::shard::CloseAwareFactory::default()));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok(transport)
 }
 
 #[cfg(test)]

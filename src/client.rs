@@ -1,0 +1,221 @@
+//! Starting client shards: the server's runtime, opening connections instead of accepting
+//! them. Each shard runs one [`Driver`](crate::app::Driver), built on its thread, that opens
+//! connections and hears their events; `quring load` is such a driver.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::app::DriverFactory;
+use crate::datapath::{self, socket, Offloads};
+use crate::error::Error;
+use crate::routing::{CidLayout, Handoff};
+use crate::shard::{ShardParams, ShardThreads};
+use crate::stats::{ShardStats, StatsSnapshot};
+
+/// Configures and starts a [`Client`].
+pub struct ClientBuilder {
+    config: quinn_proto::ClientConfig,
+    driver: Arc<dyn DriverFactory>,
+    threads: Option<usize>,
+    pin: bool,
+    bind: SocketAddr,
+    drain_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// Number of client shards (threads). Default: the cores this process may run on.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// Whether to pin shard `i` to the `i`-th usable core counted from the last (default
+    /// `true`): a server on the same machine pins from the first.
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// The local address each shard binds its own socket to; the port should be 0 (default
+    /// `0.0.0.0:0`; use `[::]:0` for IPv6 servers).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// How long a finished or stopped shard waits for its connections to close (default 2 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Binds every shard's socket and starts the shards; each builds its driver and starts
+    /// polling it at once.
+    pub fn start(self) -> Result<Client, Error> {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)));
+        if threads == 0 || threads > 256 {
+            return Err(Error::Config(format!(
+                "--threads: {threads} is out of range (1 to 256)"
+            )));
+        }
+        datapath::probe().map_err(Error::IoUring)?;
+        // Client CIDs name their shard like a server's: every datagram a server sends to a
+        // shard's socket carries that shard's CID, so none is ever handed off.
+        let layout = CidLayout::new(threads, 0, Vec::new())?;
+        let reset_key = crate::tls::random_hmac_key()?;
+        let mut sockets = Vec::with_capacity(threads);
+        let mut offloads = Offloads {
+            gro: true,
+            gso: true,
+            ecn: true,
+            pktinfo: true,
+        };
+        for _ in 0..threads {
+            let (s, o) =
+                socket::bind_shard(self.bind, false).map_err(|e| Error::Socket(self.bind, e))?;
+            offloads = offloads.intersect(o);
+            sockets.push(s);
+        }
+        let local_addrs = sockets
+            .iter()
+            .map(|s| {
+                s.local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(self.bind)
+            })
+            .collect();
+        let wakers = (0..threads)
+            .map(|i| datapath::waker().map_err(|e| Error::Shard(i, e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (handoff, inboxes) = Handoff::new(wakers.clone());
+        let handoff = Arc::new(handoff);
+        let stop = Arc::new(AtomicBool::new(false));
+        let v6 = self.bind.is_ipv6();
+        let params = sockets
+            .into_iter()
+            .zip(inboxes)
+            .zip(wakers)
+            .enumerate()
+            .map(|(index, ((socket, inbox), waker))| {
+                let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
+                let cids = layout.clone();
+                endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
+                ShardParams {
+                    index,
+                    sockets: vec![(socket, v6)],
+                    offloads,
+                    endpoint_config: Arc::new(endpoint_config),
+                    layout: layout.clone(),
+                    handoff: handoff.clone(),
+                    inbox,
+                    open_total: Arc::new(AtomicUsize::new(0)),
+                    max_conns: usize::MAX,
+                    server_config: None,
+                    client_config: Some(self.config.clone()),
+                    apps: Vec::new(),
+                    driver: Some(self.driver.clone()),
+                    stats: Arc::new(ShardStats::default()),
+                    waker,
+                    stop: stop.clone(),
+                    drain_timeout: self.drain_timeout,
+                    log_handshakes: false,
+                }
+            })
+            .collect();
+        // From the last core down, while a server's shards take the first cores up: a client
+        // and a server on one machine share no core until together they need all of them.
+        let cores = if self.pin {
+            let mut cores = core_affinity::get_core_ids().unwrap_or_default();
+            cores.reverse();
+            cores
+        } else {
+            Vec::new()
+        };
+        let threads = ShardThreads::start(params, cores, "quring-client", || {
+            stop.store(true, Ordering::Release)
+        })?;
+        Ok(Client {
+            threads,
+            stop,
+            local_addrs,
+            offloads,
+        })
+    }
+}
+
+/// Running client shards: each runs until its driver is done or [`Client::stop`].
+pub struct Client {
+    threads: ShardThreads,
+    stop: Arc<AtomicBool>,
+    local_addrs: Vec<SocketAddr>,
+    offloads: Offloads,
+}
+
+impl Client {
+    /// Starts configuring client shards that open connections with `config`, each driven by
+    /// a driver from `driver`.
+    pub fn builder(
+        config: quinn_proto::ClientConfig,
+        driver: Arc<dyn DriverFactory>,
+    ) -> ClientBuilder {
+        ClientBuilder {
+            config,
+            driver,
+            threads: None,
+            pin: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Each shard's local address.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Offloads every socket has.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    /// Current counters, one snapshot per shard.
+    pub fn stats(&self) -> Vec<StatsSnapshot> {
+        self.threads.stats()
+    }
+
+    /// Receives a shard's index when its thread ends (its driver finished, or it failed).
+    pub fn shard_exited(&self) -> &Receiver<usize> {
+        self.threads.exited()
+    }
+
+    /// Asks every shard to close its connections and stop (as if its driver were done);
+    /// returns at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.threads.wake_all();
+    }
+
+    /// Waits for every shard to end; fails if one failed or panicked.
+    pub fn join(&self) -> Result<(), Error> {
+        self.threads.join()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.threads.join();
+    }
+}
