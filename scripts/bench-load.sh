@@ -19,7 +19,8 @@
 #   SERVERS      comma list of quring,quinn (both)
 #   JSON         where all raw runs go (target/bench-load/<time>.json)
 # QURING_BIN and QUINN_PEER_BIN, when set, replace the binaries built here (the release
-# `quring` and `examples/quinn_peer` of the cargo target directory).
+# `quring` and `examples/quinn_peer` of the cargo target directory); with both set, nothing
+# is built.
 #
 # Workloads (all `--protocol perf`):
 #   bulk        1 conn, 1 stream, 100 MB responses     Gbit/s          server ns per byte
@@ -172,7 +173,7 @@ for s in "${servers[@]}"; do
     [[ "$s" == quring || "$s" == quinn ]] || die "unknown server '$s' (quring, quinn)"
 done
 
-for tool in cargo python3 taskset timeout getconf awk; do
+for tool in python3 taskset timeout getconf awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found in PATH"
 done
 CLK_TCK="$(getconf CLK_TCK)"
@@ -181,12 +182,18 @@ CLK_TCK="$(getconf CLK_TCK)"
 # ---------------------------------------------------------------------------------------------
 # Building
 
-note "building quring and the quinn peer (release)"
-cargo build --release --bin quring --example quinn_peer >&2
-target_dir="$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-QURING="${QURING_BIN:-$target_dir/release/quring}"
-PEER="${QUINN_PEER_BIN:-$target_dir/release/examples/quinn_peer}"
+if [[ -n "${QURING_BIN:-}" && -n "${QUINN_PEER_BIN:-}" ]]; then
+    QURING="$QURING_BIN"
+    PEER="$QUINN_PEER_BIN"
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found in PATH"
+    note "building quring and the quinn peer (release)"
+    cargo build --release --bin quring --example quinn_peer >&2
+    target_dir="$(cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    QURING="${QURING_BIN:-$target_dir/release/quring}"
+    PEER="${QUINN_PEER_BIN:-$target_dir/release/examples/quinn_peer}"
+fi
 [[ -x "$QURING" ]] || die "$QURING was not built"
 [[ -x "$PEER" ]] || die "$PEER was not built"
 "$QURING" load --help >/dev/null 2>&1 || die "$QURING has no \`load\` subcommand"
