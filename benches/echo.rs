@@ -11,14 +11,15 @@
 //!   `--request-size` request + FIN and reading the echo to its end, until
 //!   `--requests` requests are done.
 //!
-//! The quinn server is this very binary re-executed with the hidden
-//! `--quinn-server` flag. When the binary runs without `--bench` (for example
-//! under `cargo test --all-targets`) it does nothing and exits successfully.
+//! The quinn server is the `quinn_peer` example (`examples/quinn_peer.rs`),
+//! built by `scripts/bench-echo.sh` (`cargo build --release --example
+//! quinn_peer`). When the binary runs without `--bench` (for example under
+//! `cargo test --all-targets`) it does nothing and exits successfully.
 
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -29,13 +30,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T> = std::result::Result<T, BoxError>;
@@ -65,6 +66,10 @@ struct Args {
     /// Path of the quring binary [env: QURING_BIN] [default: <target>/release/quring].
     #[arg(long)]
     quring: Option<PathBuf>,
+    /// Path of the quinn peer server [env: QUINN_PEER_BIN]
+    /// [default: <target>/release/examples/quinn_peer].
+    #[arg(long)]
+    quinn_peer: Option<PathBuf>,
     /// Pass `--no-pin` to quring.
     #[arg(long)]
     no_pin: bool,
@@ -112,15 +117,6 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
 
-    /// Internal: run as the quinn echo server.
-    #[arg(long, hide = true)]
-    quinn_server: bool,
-    /// Internal (server mode): address to listen on.
-    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// Internal (server mode): where to write the certificate PEM.
-    #[arg(long, hide = true)]
-    cert_out: Option<PathBuf>,
     /// Appended by `cargo bench`; without it nothing is measured.
     #[arg(long, hide = true)]
     bench: bool,
@@ -161,9 +157,7 @@ impl ServerKind {
 
 fn main() {
     let args = Args::parse();
-    let result = if args.quinn_server {
-        quinn_server_main(&args)
-    } else if args.bench {
+    let result = if args.bench {
         bench_main(&args)
     } else {
         println!(
@@ -178,107 +172,23 @@ fn main() {
 }
 
 // ---------------------------------------------------------------------------
-// Shared QUIC configuration
+// Client QUIC configuration
 
 fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Windows large enough that flow control does not limit the bulk workload.
-fn transport_config(max_bidi_streams: u32) -> TransportConfig {
+/// Windows large enough that flow control does not limit the bulk workload; the
+/// server opens no streams.
+fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024))
         .receive_window(VarInt::from_u32(16 * 1024 * 1024))
         .send_window(16 * 1024 * 1024)
-        .max_concurrent_bidi_streams(VarInt::from_u32(max_bidi_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
     t
-}
-
-// ---------------------------------------------------------------------------
-// quinn echo server (child process mode)
-
-fn quinn_server_main(args: &Args) -> Result<()> {
-    let cert_out = args
-        .cert_out
-        .clone()
-        .ok_or("--quinn-server needs --cert-out")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.shards.max(1))
-        .enable_all()
-        .build()
-        .map_err(|e| format!("building tokio runtime: {e}"))?;
-    rt.block_on(quinn_server(args.listen, cert_out))
-}
-
-async fn quinn_server(listen: SocketAddr, cert_out: PathBuf) -> Result<()> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-        .map_err(|e| format!("generating self-signed certificate: {e}"))?;
-    write_atomically(&cert_out, certified.cert.pem().as_bytes())?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config(1024)));
-    let endpoint =
-        Endpoint::server(config, listen).map_err(|e| format!("binding {listen}: {e}"))?;
-    let addr = endpoint.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "quinn echo server listening on {addr}")?;
-        out.flush()?;
-    }
-    while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(async move {
-            if let Ok(conn) = incoming.await {
-                serve_connection(conn).await;
-            }
-        });
-    }
-    Ok(())
-}
-
-async fn serve_connection(conn: Connection) {
-    let dgram_conn = conn.clone();
-    tokio::spawn(async move {
-        while let Ok(d) = dgram_conn.read_datagram().await {
-            if dgram_conn.send_datagram(d).is_err() {
-                // Too large or datagrams unsupported by the peer: drop it.
-                continue;
-            }
-        }
-    });
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        tokio::spawn(async move {
-            loop {
-                match recv.read_chunk(usize::MAX, true).await {
-                    Ok(Some(chunk)) => {
-                        if send.write_chunk(chunk.bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = send.finish();
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-}
-
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -617,7 +527,7 @@ fn client_config(certs: &[CertificateDer<'static>]) -> Result<quinn::ClientConfi
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config(0)));
+    config.transport_config(Arc::new(transport_config()));
     Ok(config)
 }
 
@@ -861,20 +771,31 @@ fn measure(
     })
 }
 
-fn default_quring_path() -> PathBuf {
-    // The bench binary lives in <target>/release/deps/; quring in <target>/release/.
+/// `name` (a path below `<target>/release/`) next to this bench binary, which lives in
+/// `<target>/release/deps/`; failing that, below `./target/release/`.
+fn default_release_path(name: &str) -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(release) = exe.parent().and_then(Path::parent) {
-            let candidate = release.join("quring");
+            let candidate = release.join(name);
             if candidate.exists() {
                 return candidate;
             }
         }
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/quring")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/release")
+        .join(name)
 }
 
-fn server_command(kind: ServerKind, args: &Args, quring: &Path, self_exe: &Path) -> Command {
+/// A server binary: `flag`, else the environment variable `env`, else `default` (see
+/// [`default_release_path`]).
+fn server_binary(flag: Option<&PathBuf>, env: &str, default: &str) -> PathBuf {
+    flag.cloned()
+        .or_else(|| std::env::var_os(env).map(PathBuf::from))
+        .unwrap_or_else(|| default_release_path(default))
+}
+
+fn server_command(kind: ServerKind, args: &Args, quring: &Path, quinn_peer: &Path) -> Command {
     match kind {
         ServerKind::Quring => {
             let mut cmd = Command::new(quring);
@@ -890,11 +811,10 @@ fn server_command(kind: ServerKind, args: &Args, quring: &Path, self_exe: &Path)
             cmd
         }
         ServerKind::Quinn => {
-            let mut cmd = Command::new(self_exe);
-            cmd.arg("--quinn-server")
-                .arg("--listen")
+            let mut cmd = Command::new(quinn_peer);
+            cmd.arg("--listen")
                 .arg("127.0.0.1:0")
-                .arg("--shards")
+                .arg("--threads")
                 .arg(args.shards.to_string());
             cmd
         }
@@ -949,16 +869,23 @@ fn bench_main(args: &Args) -> Result<()> {
         }
     }
 
-    let self_exe = std::env::current_exe().map_err(|e| format!("locating own executable: {e}"))?;
-    let quring = args
-        .quring
-        .clone()
-        .or_else(|| std::env::var_os("QURING_BIN").map(PathBuf::from))
-        .unwrap_or_else(default_quring_path);
+    let quring = server_binary(args.quring.as_ref(), "QURING_BIN", "quring");
     if servers.contains(&ServerKind::Quring) && !quring.exists() {
         return Err(format!(
             "quring binary {} not found: run `cargo build --release` or pass --quring PATH / QURING_BIN",
             quring.display()
+        )
+        .into());
+    }
+    let quinn_peer = server_binary(
+        args.quinn_peer.as_ref(),
+        "QUINN_PEER_BIN",
+        "examples/quinn_peer",
+    );
+    if servers.contains(&ServerKind::Quinn) && !quinn_peer.exists() {
+        return Err(format!(
+            "quinn peer {} not found: run `cargo build --release --example quinn_peer` or pass --quinn-peer PATH / QUINN_PEER_BIN",
+            quinn_peer.display()
         )
         .into());
     }
@@ -994,7 +921,7 @@ fn bench_main(args: &Args) -> Result<()> {
                 order.reverse();
             }
             for &kind in &order {
-                let cmd = server_command(kind, args, &quring, &self_exe);
+                let cmd = server_command(kind, args, &quring, &quinn_peer);
                 let mut server = ServerProc::start(kind, cmd, &dir.path)?;
                 for &w in &workloads {
                     let sample = measure(&rt, args, &server, w, &pattern)

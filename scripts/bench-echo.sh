@@ -53,7 +53,7 @@ if [[ -z "$json" && "$want_help" -eq 0 ]]; then
     args+=(--json "$json")
 fi
 
-cargo build --release
+cargo build --release --bin quring --example quinn_peer
 cargo bench --bench echo -- "${args[@]}"
 
 if [[ -n "$json" && "$want_help" -eq 0 ]]; then
