@@ -104,6 +104,8 @@ impl App for Echo {
         if let Some(streams) = self.unsent.get_mut(&conn.id()) {
             streams.remove(&stream);
         }
+        // The peer wants no more of our side: end it, and stop reading what we would echo.
+        let _ = conn.reset(stream, code);
         let _ = conn.stop(stream, code);
     }
 

@@ -14,6 +14,7 @@ use crate::app::AppFactory;
 
 pub mod discard;
 mod echo;
+pub mod pattern;
 pub mod perf;
 
 pub use discard::{Discard, DiscardFactory};

@@ -15,7 +15,7 @@
 //!   that makes several of them tells replies apart only by their length.
 //!
 //! The reply is a fixed pattern a client can check: the byte at offset `i` of every reply is
-//! `i % 251` ([`response_byte`], [`is_response`]). quinn's client ignores the content.
+//! `i % 251`, [`pattern`](super::pattern) with seed 0. quinn's client ignores the content.
 //!
 //! # Errors and aborts
 //!
@@ -43,9 +43,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
 use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 
+use super::pattern;
 use crate::app::{App, AppFactory, Conn, ConnId, HandshakeInfo, StreamError, StreamRead};
 
 /// The ALPN protocol identifier of the perf app.
@@ -53,10 +53,6 @@ pub const ALPN: &[u8] = b"perf";
 
 /// Length of a request's header: the reply size, a big-endian `u64`.
 pub const HEADER_LEN: usize = 8;
-
-/// Period of the reply pattern: the byte at offset `i` of a reply is `i % PATTERN_PERIOD`.
-/// A prime, so data delivered at a wrong offset shows.
-pub const PATTERN_PERIOD: usize = 251;
 
 /// Reset code for a bidirectional request whose stream ended before its header did.
 pub const ERROR_SHORT_REQUEST: VarInt = VarInt::from_u32(1);
@@ -67,43 +63,6 @@ pub const ERROR_TOO_MANY_WAITING: VarInt = VarInt::from_u32(2);
 
 /// The most unidirectional replies that may wait for a stream on one connection.
 pub const MAX_WAITING_REPLIES: usize = 1024;
-
-/// The byte at `offset` of every reply.
-pub fn response_byte(offset: u64) -> u8 {
-    (offset % PATTERN_PERIOD as u64) as u8
-}
-
-/// Whether `data` is what a reply holds at `offset..offset + data.len()`.
-pub fn is_response(offset: u64, data: &[u8]) -> bool {
-    let mut start = (offset % PATTERN_PERIOD as u64) as usize;
-    let mut rest = data;
-    while !rest.is_empty() {
-        let n = rest.len().min(BLOCK_LEN - start);
-        if rest[..n] != BLOCK[start..start + n] {
-            return false;
-        }
-        rest = &rest[n..];
-        start = (start + n) % PATTERN_PERIOD;
-    }
-    true
-}
-
-/// Length of the static pattern block replies are sliced from: a multiple of the period, so
-/// every slice can start at the right phase.
-const BLOCK_LEN: usize = PATTERN_PERIOD * 256;
-
-/// The pattern, from phase 0.
-static BLOCK: [u8; BLOCK_LEN] = pattern_block();
-
-const fn pattern_block() -> [u8; BLOCK_LEN] {
-    let mut block = [0u8; BLOCK_LEN];
-    let mut i = 0;
-    while i < BLOCK_LEN {
-        block[i] = (i % PATTERN_PERIOD) as u8;
-        i += 1;
-    }
-    block
-}
 
 /// A request header being read, possibly over several reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -199,9 +158,7 @@ impl PerfConn {
 /// progress (an [`App::on_writable`] follows).
 fn send_reply(conn: &mut Conn<'_>, stream: StreamId, sent: &mut u64, len: u64) -> bool {
     while *sent < len {
-        let start = (*sent % PATTERN_PERIOD as u64) as usize;
-        let n = (len - *sent).min((BLOCK_LEN - start) as u64) as usize;
-        let mut chunk = Bytes::from_static(&BLOCK[start..start + n]);
+        let mut chunk = pattern::slice(0, *sent, len - *sent);
         match conn.write_bytes(stream, &mut chunk) {
             Ok(0) => return true,
             Ok(written) => *sent += written as u64,
@@ -320,49 +277,6 @@ impl App for Perf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pattern_bytes() {
-        assert_eq!(response_byte(0), 0);
-        assert_eq!(response_byte(250), 250);
-        assert_eq!(response_byte(251), 0);
-        assert_eq!(response_byte(252), 1);
-        assert_eq!(response_byte(u64::MAX), (u64::MAX % 251) as u8);
-        for (i, &b) in BLOCK.iter().enumerate() {
-            assert_eq!(b, response_byte(i as u64), "block byte {i}");
-        }
-    }
-
-    #[test]
-    fn pattern_check_at_any_offset_and_length() {
-        let reply: Vec<u8> = (0..3 * BLOCK_LEN as u64 + 17).map(response_byte).collect();
-        for (offset, len) in [
-            (0, 0),
-            (0, 1),
-            (5, 300),
-            (250, 2),
-            (0, BLOCK_LEN),
-            (1, BLOCK_LEN),
-            (BLOCK_LEN - 3, 10),
-            (100, 2 * BLOCK_LEN + 5),
-        ] {
-            let data = &reply[offset..offset + len];
-            assert!(is_response(offset as u64, data), "{offset}+{len}");
-            if len > 0 {
-                assert!(
-                    !is_response(offset as u64 + 1, data),
-                    "{offset}+{len} shifted"
-                );
-                let mut bad = data.to_vec();
-                bad[len / 2] ^= 1;
-                assert!(!is_response(offset as u64, &bad), "{offset}+{len} flipped");
-            }
-        }
-        // Offsets past the block and beyond u32 keep their phase.
-        let far = 1u64 << 40;
-        let data: Vec<u8> = (far..far + 1000).map(response_byte).collect();
-        assert!(is_response(far, &data));
-    }
 
     #[test]
     fn header_in_one_piece_leaves_the_upload() {

@@ -18,9 +18,10 @@ use hdrhistogram::Histogram;
 use quinn_proto::{ConnectionError, Dir, SendDatagramError, StreamId, VarInt};
 
 use super::counters::{ErrorKind, LoadCounters};
-use super::{pattern, Interval, Mode, Plan, Protocol};
+use super::{Interval, Mode, Plan, Protocol};
 use crate::app::{App, Conn, ConnId, Control, Driver, DriverFactory, DriverPoll, HandshakeInfo};
 use crate::app::{StreamError, StreamRead};
+use crate::apps::pattern;
 
 /// A datagram not echoed within this long is counted lost (and replaced, in closed loop).
 pub const DATAGRAM_TIMEOUT: Duration = Duration::from_secs(1);

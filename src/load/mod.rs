@@ -8,7 +8,6 @@
 
 mod counters;
 mod driver;
-pub mod pattern;
 pub mod report;
 
 use std::net::SocketAddr;

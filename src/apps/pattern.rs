@@ -1,4 +1,5 @@
-//! The byte pattern every request and response carries, so that each byte can be checked.
+//! The byte pattern of the perf app's replies and of `quring load`'s requests, so that every
+//! byte a client receives can be checked.
 //!
 //! Byte `i` of a pattern with seed `s` is `(i + s) % 251`. 251 is prime, so a shifted or
 //! truncated copy, or one stream's bytes delivered on another (with another seed), does not
