@@ -42,4 +42,4 @@ pub use error::Error;
 pub use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 pub use routing::Steering;
 pub use server::{Server, ServerBuilder, DEFAULT_LISTEN};
-pub use shard::{SHUTDOWN_CODE, SHUTDOWN_REASON};
+pub use shard::{APP_PANIC_CODE, APP_PANIC_REASON, SHUTDOWN_CODE, SHUTDOWN_REASON};

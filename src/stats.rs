@@ -102,6 +102,8 @@ shard_stats! {
     conns_open,
     /// Connections removed from the table.
     conns_closed,
+    /// App callbacks that panicked (each closed its connection with `APP_PANIC_CODE`).
+    app_panics,
     /// Handshakes completed with the certificate (no session resumed).
     handshakes_full,
     /// Handshakes completed by resuming a session with a ticket (with or without 0-RTT).

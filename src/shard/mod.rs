@@ -15,6 +15,7 @@ pub(crate) use threads::ShardThreads;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,12 @@ use timers::Timers;
 pub const SHUTDOWN_CODE: VarInt = VarInt::from_u32(0);
 /// See [`SHUTDOWN_CODE`].
 pub const SHUTDOWN_REASON: &[u8] = b"server shutting down";
+/// Application error code of the close a connection gets when its app panicked in one of its
+/// callbacks (the shard and its other connections go on).
+pub const APP_PANIC_CODE: VarInt = VarInt::from_u32(0xffff);
+/// See [`APP_PANIC_CODE`].
+pub const APP_PANIC_REASON: &[u8] = b"internal error";
+
 /// Error code used when a connection negotiated an ALPN no app serves (cannot happen while
 /// the TLS configuration lists exactly the apps' protocols).
 const NO_APP_CODE: VarInt = VarInt::from_u32(0x1);
@@ -93,6 +100,8 @@ struct Entry {
     announced: bool,
     /// The app was told it closed.
     closed: bool,
+    /// The app panicked in a callback for it: it hears nothing more but its close.
+    panicked: bool,
     /// The connection was seen closed and its congestion window lifted (see `closing`).
     window_released: bool,
     /// When the shard accepted it: the start of its handshake.
@@ -428,6 +437,7 @@ impl Shard {
             dirty: false,
             announced: false,
             closed: false,
+            panicked: false,
             window_released: false,
             accepted_at: now,
             handshake: None,
@@ -484,15 +494,14 @@ impl Shard {
         let handle = ConnectionHandle(slot);
         exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
         while let Some(event) = entry.conn.poll() {
-            dispatch(
-                &mut self.apps,
-                &mut self.driver,
-                entry,
-                event,
-                now,
-                &self.stats,
-                self.log_handshakes,
-            );
+            let (apps, driver, stats) = (&mut self.apps, &mut self.driver, &*self.stats);
+            let log = self.log_handshakes;
+            let dispatched = catch_unwind(AssertUnwindSafe(|| {
+                dispatch(apps, driver, entry, event, now, stats, log)
+            }));
+            if dispatched.is_err() {
+                app_panicked(entry, now, stats);
+            }
         }
         if !entry.window_released && entry.conn.is_closed() {
             entry.window_released = true;
@@ -518,12 +527,18 @@ impl Shard {
         exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
         if entry.conn.is_drained() {
             if (entry.announced || entry.dialed) && !entry.closed {
+                entry.closed = true;
                 if let Some(app) = listener(&mut self.apps, &mut self.driver, entry.listener) {
-                    app.on_closed(
-                        entry.id,
-                        &ConnectionError::LocallyClosed,
-                        entry.handshake.as_deref(),
-                    );
+                    let closed = catch_unwind(AssertUnwindSafe(|| {
+                        app.on_closed(
+                            entry.id,
+                            &ConnectionError::LocallyClosed,
+                            entry.handshake.as_deref(),
+                        )
+                    }));
+                    if closed.is_err() {
+                        app_panicked(entry, now, &self.stats);
+                    }
                 }
             }
             if entry.handshake.is_none() {
@@ -548,6 +563,18 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// An app callback for `entry` panicked: the connection is closed with [`APP_PANIC_CODE`],
+/// counted and logged (the panic message itself went to stderr through the panic hook), and
+/// its app hears nothing more of it but its close.
+fn app_panicked(entry: &mut Entry, now: Instant, stats: &ShardStats) {
+    stats.app_panics.add(1);
+    tracing::error!(conn = %entry.id, "the app panicked; closing the connection");
+    entry.panicked = true;
+    entry
+        .conn
+        .close(now, APP_PANIC_CODE, Bytes::from_static(APP_PANIC_REASON));
 }
 
 fn mark_dirty(dirty: &mut Vec<usize>, entry: &mut Entry, slot: usize) {
@@ -623,6 +650,9 @@ fn dispatch(
                 .conn
                 .close(now, refusal.code, Bytes::from(refusal.reason));
         }
+        return;
+    }
+    if entry.panicked && !matches!(event, Event::ConnectionLost { .. }) {
         return;
     }
     let Some(app) = listener(apps, driver, entry.listener) else {
