@@ -24,6 +24,7 @@ pub struct ClientBuilder {
     pin: bool,
     bind: SocketAddr,
     drain_timeout: Duration,
+    busy_poll: Duration,
 }
 
 impl ClientBuilder {
@@ -50,6 +51,13 @@ impl ClientBuilder {
     /// How long a finished or stopped shard waits for its connections to close (default 2 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a shard spins on its completion queue before it sleeps (default zero), as
+    /// [`crate::ServerBuilder::busy_poll`].
+    pub fn busy_poll(mut self, spin: Duration) -> Self {
+        self.busy_poll = spin;
         self
     }
 
@@ -126,6 +134,7 @@ impl ClientBuilder {
                     stop: stop.clone(),
                     drain_timeout: self.drain_timeout,
                     log_handshakes: false,
+                    busy_poll: self.busy_poll,
                 }
             })
             .collect();
@@ -172,6 +181,7 @@ impl Client {
             pin: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             drain_timeout: Duration::from_secs(2),
+            busy_poll: Duration::ZERO,
         }
     }
 

@@ -132,6 +132,10 @@ struct LoadArgs {
     /// Write an HdrHistogram interval log (one latency and one handshake histogram per second).
     #[arg(long, value_name = "PATH")]
     hdr_log: Option<PathBuf>,
+    /// Spin up to US microseconds before sleeping, as `serve --busy-poll-us` (for latency runs).
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    busy_poll_us: u32,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -206,6 +210,11 @@ struct ServeArgs {
     /// resumed, 0-RTT offered/accepted, peer certificates, duration.
     #[arg(long)]
     log_handshakes: bool,
+    /// Spin up to US microseconds on the completion queue before sleeping: lower latency for
+    /// a busy core (0: sleep at once).
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    busy_poll_us: u32,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -285,7 +294,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .ticket_capacity(args.ticket_capacity as usize)
         .tickets(usize::from(args.tickets))
         .zero_rtt(!args.no_0rtt)
-        .log_handshakes(args.log_handshakes);
+        .log_handshakes(args.log_handshakes)
+        .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)));
     if let Some(n) = args.max_conns {
         builder = builder.max_conns(n);
     }
@@ -459,6 +469,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, Error> {
             .unwrap_or_else(|| args.protocol.name().to_string())
             .into_bytes(),
         trust,
+        busy_poll: Duration::from_micros(u64::from(args.busy_poll_us)),
     };
     config.validate()?;
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -37,6 +37,7 @@ pub struct ServerBuilder {
     tickets: usize,
     zero_rtt: bool,
     log_handshakes: bool,
+    busy_poll: Duration,
 }
 
 impl ServerBuilder {
@@ -142,6 +143,14 @@ impl ServerBuilder {
     /// the [`crate::app::HandshakeInfo`] fields (its `Display` form). Off by default.
     pub fn log_handshakes(mut self, on: bool) -> Self {
         self.log_handshakes = on;
+        self
+    }
+
+    /// How long a shard spins on its completion queue before it sleeps in the kernel (default
+    /// zero: it sleeps at once). Spinning trades a busy core for latency: on the project's VM a
+    /// blocking wake-up costs ~60 µs of round trip, a spin ~6 µs.
+    pub fn busy_poll(mut self, spin: Duration) -> Self {
+        self.busy_poll = spin;
         self
     }
 
@@ -278,6 +287,7 @@ impl ServerBuilder {
                     stop: stop.clone(),
                     drain_timeout: self.drain_timeout,
                     log_handshakes: self.log_handshakes,
+                    busy_poll: self.busy_poll,
                 }
             })
             .collect();
@@ -342,6 +352,7 @@ impl Server {
             tickets: tls::DEFAULT_TICKETS,
             zero_rtt: true,
             log_handshakes: false,
+            busy_poll: Duration::ZERO,
         }
     }
 

@@ -596,3 +596,28 @@ fn the_right_certificate_is_trusted() {
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn busy_polling_shards_serve_and_load() {
+    let server = Server::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .shards(1)
+        .pin(false)
+        .busy_poll(Duration::from_micros(200))
+        .app(quring::apps::by_name("echo").unwrap())
+        .start()
+        .unwrap();
+    let v = ok_run(
+        &addr(&server),
+        &[
+            "--requests",
+            "500",
+            "--request-size",
+            "64",
+            "--busy-poll-us",
+            "200",
+        ],
+    );
+    assert_eq!(v["requests"], 500, "{v}");
+    server.shutdown().unwrap();
+}

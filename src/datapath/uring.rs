@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
@@ -217,6 +217,8 @@ pub struct Datapath {
     offloads: Offloads,
     /// The ring was built with `SINGLE_ISSUER | DEFER_TASKRUN`.
     pub deferred_taskrun: bool,
+    /// How long `wait` spins on the completion queue before it blocks.
+    busy_poll: Duration,
     stats: Arc<ShardStats>,
 }
 
@@ -255,10 +257,14 @@ impl Datapath {
         offloads: Offloads,
         waker: &Waker,
         stats: Arc<ShardStats>,
+        busy_poll: Duration,
     ) -> io::Result<Self> {
         let (ring, deferred_taskrun) = match IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            // The kernel flags pending deferred work in the submission ring, so a busy-polling
+            // shard enters the kernel only when there is something to complete.
+            .setup_taskrun_flag()
             .setup_cqsize(RING_ENTRIES * 8)
             .build(RING_ENTRIES)
         {
@@ -323,6 +329,7 @@ impl Datapath {
             inflight: 0,
             offloads,
             deferred_taskrun,
+            busy_poll,
             stats,
         })
     }
@@ -369,12 +376,34 @@ impl Datapath {
     }
 
     /// Submits queued operations and waits until at least one completion is ready or
-    /// `timeout` passes (`None`: wait for a completion; zero: don't wait).
+    /// `timeout` passes (`None`: wait for a completion; zero: don't wait). With busy-polling
+    /// on, it first spins on the completion queue for up to the busy-poll time, entering the
+    /// kernel only when the kernel flags deferred work to run, and blocks only after that.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.arm()?;
         if !self.ring.completion().is_empty() {
             self.ring.submit()?;
             return Ok(());
+        }
+        let mut timeout = timeout;
+        if !self.busy_poll.is_zero() && timeout != Some(Duration::ZERO) {
+            self.ring.submit()?;
+            let start = Instant::now();
+            let spin = timeout.map_or(self.busy_poll, |t| t.min(self.busy_poll));
+            loop {
+                if self.ring.submission().taskrun() {
+                    self.ring.submit()?;
+                }
+                if !self.ring.completion().is_empty() {
+                    return Ok(());
+                }
+                let spun = start.elapsed();
+                if spun >= spin {
+                    timeout = timeout.map(|t| t.saturating_sub(spun));
+                    break;
+                }
+                std::hint::spin_loop();
+            }
         }
         let result = match timeout {
             None => self.ring.submit_and_wait(1),

@@ -106,6 +106,8 @@ pub struct LoadConfig {
     pub alpn: Vec<u8>,
     /// How to check the server's certificate.
     pub trust: ServerTrust,
+    /// How long each client shard spins before it sleeps (latency measurements).
+    pub busy_poll: Duration,
 }
 
 impl LoadConfig {
@@ -282,6 +284,7 @@ pub fn run(
     .pin(config.pin)
     .bind(bind)
     .drain_timeout(Duration::from_millis(500))
+    .busy_poll(config.busy_poll)
     .start()?;
 
     let ticker = tick(Duration::from_millis(100));

@@ -80,6 +80,8 @@ pub(crate) struct ShardParams {
     pub drain_timeout: Duration,
     /// Print one line per completed handshake.
     pub log_handshakes: bool,
+    /// How long to spin on the ring before blocking (zero: never spin).
+    pub busy_poll: Duration,
 }
 
 struct Entry {
@@ -165,7 +167,13 @@ pub(crate) struct Shard {
 impl Shard {
     /// Builds the shard on its own thread.
     pub fn new(p: ShardParams) -> std::io::Result<Shard> {
-        let datapath = Datapath::new(p.sockets, p.offloads, &p.waker, p.stats.clone())?;
+        let datapath = Datapath::new(
+            p.sockets,
+            p.offloads,
+            &p.waker,
+            p.stats.clone(),
+            p.busy_poll,
+        )?;
         let endpoint = Endpoint::new(p.endpoint_config, p.server_config, true, None);
         let apps = p
             .apps
