@@ -64,11 +64,6 @@ impl Setting {
             format!("sysctl -w {}={}", self.name, self.value_text())
         }
     }
-
-    /// The path of this setting under `/proc/sys`.
-    pub fn proc_path(&self) -> String {
-        proc_path(self.name)
-    }
 }
 
 /// The cap on `SO_RCVBUF`.
@@ -242,12 +237,9 @@ pub fn costs_drops(readings: &[Reading]) -> bool {
 /// A sysctl's value from `/proc/sys` on this machine (trailing newline removed), or `None`
 /// when the file is missing or unreadable.
 pub fn read_sysctl(name: &str) -> Option<String> {
-    let text = std::fs::read_to_string(proc_path(name)).ok()?;
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    let text = std::fs::read_to_string(path).ok()?;
     Some(text.trim_end().to_string())
-}
-
-fn proc_path(name: &str) -> String {
-    format!("/proc/sys/{}", name.replace('.', "/"))
 }
 
 /// `quring tune`'s text: a header, one line per reading (name, current value, the profile's
