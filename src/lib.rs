@@ -36,6 +36,7 @@ mod server;
 mod shard;
 pub mod stats;
 pub mod tls;
+pub mod tune;
 
 pub use client::{Client, ClientBuilder};
 pub use error::Error;

@@ -15,6 +15,7 @@ use quring::routing::cid::MAX_SERVER_ID_LEN;
 use quring::stats::StatsSnapshot;
 use quring::tls::ServerTrust;
 use quring::tls::{Identity, SELF_SIGNED_NAMES};
+use quring::tune;
 use quring::{Error, Server, Steering};
 
 #[derive(Parser)]
@@ -38,6 +39,16 @@ enum Command {
     /// Work with load reports.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Check this machine's kernel settings against quring's sysctl profile (read-only):
+    /// exits 1 when one would drop datagrams under load.
+    Tune(TuneArgs),
+}
+
+#[derive(clap::Args)]
+struct TuneArgs {
+    /// Print the result as JSON (schema quring-tune/1) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -267,6 +278,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load(args),
         Command::Report(ReportCommand::Merge(args)) => merge(args),
+        Command::Tune(args) => Ok(tune(&args)),
     };
     match result {
         Ok(code) => code,
@@ -341,6 +353,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         server.identity().fingerprint()
     );
     println!("{}", startup_line(&server, !args.no_pin));
+    if let Some(warning) = tune::buffer_warning(server.socket_buffers(), tune::read_sysctl) {
+        eprintln!("{warning}");
+    }
 
     let ticker = if args.stats_interval > 0.0 {
         tick(Duration::from_secs_f64(args.stats_interval))
@@ -369,6 +384,22 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
             eprintln!("quring: error: {e}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// `quring tune`: 1 when a setting costs drops, else 0 (unreadable settings included).
+fn tune(args: &TuneArgs) -> ExitCode {
+    let readings = tune::check(tune::read_sysctl);
+    if args.json {
+        let text = serde_json::to_string_pretty(&tune::to_json(&readings)).unwrap_or_default();
+        println!("{text}");
+    } else {
+        print!("{}", tune::render(&readings));
+    }
+    if tune::costs_drops(&readings) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 use rustls::pki_types::CertificateDer;
 
 use crate::app::AppFactory;
-use crate::datapath::{self, socket, Offloads};
+use crate::datapath::{self, socket, Offloads, SocketBuffers};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Handoff, Steering};
 use crate::shard::{ShardParams, ShardThreads};
@@ -222,12 +222,17 @@ impl ServerBuilder {
             ecn: true,
             pktinfo: true,
         };
+        let mut buffers = SocketBuffers {
+            recv: usize::MAX,
+            send: usize::MAX,
+        };
         let mut per_shard: Vec<Vec<(socket2::Socket, bool)>> =
             (0..shards).map(|_| Vec::new()).collect();
         for addr in &addrs {
             for sockets in per_shard.iter_mut() {
                 let (s, o) = socket::bind_shard(*addr, true).map_err(|e| bind_error(*addr, e))?;
                 offloads = offloads.intersect(o);
+                buffers = buffers.min(SocketBuffers::of(&s));
                 sockets.push((s, addr.is_ipv6()));
             }
         }
@@ -305,6 +310,7 @@ impl ServerBuilder {
             stop,
             identity,
             offloads,
+            buffers,
             alpns,
             steering,
             ticket_cache,
@@ -327,6 +333,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     identity: Identity,
     offloads: Offloads,
+    buffers: SocketBuffers,
     alpns: Vec<Vec<u8>>,
     steering: Steering,
     ticket_cache: Arc<TicketCache>,
@@ -379,6 +386,13 @@ impl Server {
     /// Offloads every socket has.
     pub fn offloads(&self) -> Offloads {
         self.offloads
+    }
+
+    /// The socket buffer sizes every socket has at least; smaller than
+    /// [`socket::SOCKET_BUFFER`] where `net.core.rmem_max`/`wmem_max` capped them
+    /// ([`crate::tune::buffer_warning`] says so).
+    pub fn socket_buffers(&self) -> SocketBuffers {
+        self.buffers
     }
 
     /// How datagrams reach their shard (after any fallback).

@@ -8,5 +8,5 @@ pub mod sockaddr;
 pub mod socket;
 mod uring;
 
-pub use socket::Offloads;
+pub use socket::{Offloads, SocketBuffers};
 pub use uring::{probe, waker, Datapath, Event, SendOutcome, Waker, MAX_GSO_BYTES, SEND_SLOTS};

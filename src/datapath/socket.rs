@@ -6,8 +6,43 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Socket buffer size we ask for (the kernel caps it at `net.core.[rw]mem_max`).
-const SOCKET_BUFFER: usize = 4 << 20;
+/// The `SO_RCVBUF` and `SO_SNDBUF` every shard socket asks for, in bytes (the kernel caps the
+/// request at `net.core.rmem_max`/`wmem_max`; see [`crate::tune`]).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The socket buffer sizes the kernel granted, in the units `SO_RCVBUF`/`SO_SNDBUF` are set
+/// in: Linux reports twice the granted size (it adds room for its own bookkeeping), and these
+/// are half what it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    /// Receive buffer (`SO_RCVBUF`), bytes.
+    pub recv: usize,
+    /// Send buffer (`SO_SNDBUF`), bytes.
+    pub send: usize,
+}
+
+impl SocketBuffers {
+    /// What `socket` has. A size the kernel will not report counts as [`SOCKET_BUFFER`]
+    /// (as asked), so only a cap the kernel admits to is ever reported as one.
+    pub fn of(socket: &Socket) -> SocketBuffers {
+        SocketBuffers {
+            recv: socket
+                .recv_buffer_size()
+                .map_or(SOCKET_BUFFER, |reported| reported / 2),
+            send: socket
+                .send_buffer_size()
+                .map_or(SOCKET_BUFFER, |reported| reported / 2),
+        }
+    }
+
+    /// The smaller of each size (what every socket of a group has at least).
+    pub fn min(self, other: SocketBuffers) -> SocketBuffers {
+        SocketBuffers {
+            recv: self.recv.min(other.recv),
+            send: self.send.min(other.send),
+        }
+    }
+}
 
 /// What the kernel agreed to on a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +97,8 @@ pub fn resolve_free(addr: SocketAddr) -> io::Result<SocketAddr> {
 pub fn bind_shard(addr: SocketAddr, reuse_port: bool) -> io::Result<(Socket, Offloads)> {
     let socket = new_udp(&addr)?;
     socket.set_reuse_port(reuse_port)?;
-    // Best effort: the kernel caps these at its maxima, which `quring tune` reports.
+    // Best effort: the kernel caps these at its maxima (`SocketBuffers::of` reads back what it
+    // granted; `quring tune` checks the maxima).
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     let fd = socket.as_raw_fd();
