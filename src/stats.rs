@@ -118,6 +118,12 @@ shard_stats! {
     drop_bad_address,
     /// Dropped by the QUIC endpoint: not a valid packet for any connection.
     drop_invalid,
+    /// Dropped: an Initial that looked like a new connection but did not start one (it did
+    /// not decrypt, or its handshake data was invalid).
+    drop_bad_initial,
+    /// Datagrams the endpoint answered without a connection (version negotiation,
+    /// stateless reset).
+    stateless_responses,
     /// Dropped: a stateless response found no free send slot.
     drop_no_send_slot,
     /// Receive re-armed after the kernel ran out of provided buffers.

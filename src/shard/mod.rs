@@ -369,6 +369,7 @@ impl Shard {
                         self.insert(handle, conn, socket, now, Listener::Nobody);
                     }
                     Err(e) => {
+                        self.stats.drop_bad_initial.add(1);
                         tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
                         if let Some(t) = e.response {
                             self.send_response(socket, t);
@@ -376,7 +377,10 @@ impl Shard {
                     }
                 }
             }
-            Some(DatagramEvent::Response(t)) => self.send_response(socket, t),
+            Some(DatagramEvent::Response(t)) => {
+                self.stats.stateless_responses.add(1);
+                self.send_response(socket, t);
+            }
             None => self.stats.drop_invalid.add(1),
         }
     }
