@@ -206,6 +206,9 @@ struct ServeArgs {
     /// resumed, 0-RTT offered/accepted, peer certificates, duration.
     #[arg(long)]
     log_handshakes: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; port 0 picks one.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -316,7 +319,12 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         })
         .map_err(|e| Error::Config(format!("starting the signal thread: {e}")))?;
 
-    let server = builder.start()?;
+    let server = Arc::new(builder.start()?);
+    let metrics = args
+        .metrics
+        .map(|addr| quring::metrics::serve(addr, server.clone()))
+        .transpose()
+        .map_err(|e| Error::Config(format!("--metrics: {e}")))?;
     if let Some(path) = &args.cert_out {
         std::fs::write(path, &server.identity().cert_pem)
             .map_err(|e| Error::File(path.clone(), e.to_string()))?;
@@ -331,6 +339,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         server.identity().fingerprint()
     );
     println!("{}", startup_line(&server, !args.no_pin));
+    if let Some(metrics) = &metrics {
+        println!("quring: metrics on http://{}/metrics", metrics.local_addr());
+    }
 
     let ticker = if args.stats_interval > 0.0 {
         tick(Duration::from_secs_f64(args.stats_interval))
