@@ -104,7 +104,10 @@ impl Drop for MetricsServer {
     }
 }
 
-/// Serves `server`'s metrics on `http://addr/metrics` from a new thread.
+/// Serves `server`'s metrics on `http://addr/metrics` from a new thread, until the returned
+/// [`MetricsServer`] is dropped. Port 0 picks a free port ([`MetricsServer::local_addr`]).
+/// Fails with [`Error::AddressInUse`] when another socket holds `addr`, and
+/// [`Error::Socket`] when it cannot be bound otherwise.
 pub fn serve(addr: SocketAddr, server: Arc<Server>) -> Result<MetricsServer, Error> {
     let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => Error::AddressInUse(addr),
@@ -244,6 +247,7 @@ struct ShardMetric {
     members: &'static [(&'static str, ReadValue)],
 }
 
+/// A per-shard counter with no label of its own (`read` holds one member named `""`).
 const fn counter(
     name: &'static str,
     help: &'static str,
