@@ -226,6 +226,9 @@ struct ServeArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; port 0 picks one.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -338,7 +341,12 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         })
         .map_err(|e| Error::Config(format!("starting the signal thread: {e}")))?;
 
-    let server = builder.start()?;
+    let server = Arc::new(builder.start()?);
+    let metrics = args
+        .metrics
+        .map(|addr| quring::metrics::serve(addr, server.clone()))
+        .transpose()
+        .map_err(|e| Error::Config(format!("--metrics: {e}")))?;
     if let Some(path) = &args.cert_out {
         std::fs::write(path, &server.identity().cert_pem)
             .map_err(|e| Error::File(path.clone(), e.to_string()))?;
@@ -355,6 +363,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     println!("{}", startup_line(&server, !args.no_pin));
     if let Some(warning) = tune::buffer_warning(server.socket_buffers(), tune::read_sysctl) {
         eprintln!("{warning}");
+    }
+    if let Some(metrics) = &metrics {
+        println!("quring: metrics on http://{}/metrics", metrics.local_addr());
     }
 
     let ticker = if args.stats_interval > 0.0 {

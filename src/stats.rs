@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// A counter with a single writer (its shard) and any number of readers.
 #[derive(Debug, Default)]
@@ -42,28 +43,39 @@ macro_rules! shard_stats {
         #[repr(align(128))]
         pub struct ShardStats {
             $( $(#[$doc])* pub $name: Counter, )*
+            /// How long completed handshakes took.
+            pub handshake_duration: DurationHistogram,
         }
 
         /// A copy of a shard's counters at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct StatsSnapshot {
             $( $(#[$doc])* pub $name: u64, )*
+            /// How long completed handshakes took.
+            pub handshake_duration: HistogramSnapshot,
         }
 
         impl ShardStats {
             /// Reads every counter.
             pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $( $name: self.$name.get(), )* }
+                StatsSnapshot {
+                    $( $name: self.$name.get(), )*
+                    handshake_duration: self.handshake_duration.snapshot(),
+                }
             }
         }
 
         impl StatsSnapshot {
             /// Sums two snapshots (gauges add up too: open connections of all shards).
             pub fn merge(&self, other: &StatsSnapshot) -> StatsSnapshot {
-                StatsSnapshot { $( $name: self.$name + other.$name, )* }
+                StatsSnapshot {
+                    $( $name: self.$name + other.$name, )*
+                    handshake_duration: self.handshake_duration.merge(&other.handshake_duration),
+                }
             }
 
-            /// `(name, value)` for every counter, in declaration order.
+            /// `(name, value)` for every counter, in declaration order (the handshake
+            /// duration histogram is not among them).
             pub fn fields(&self) -> [(&'static str, u64); [$(stringify!($name)),*].len()] {
                 [ $( (stringify!($name), self.$name), )* ]
             }
@@ -78,6 +90,12 @@ shard_stats! {
     rx_bytes,
     /// Receives that carried more than one datagram coalesced by GRO.
     rx_gro_batches,
+    /// UDP datagrams received marked ECT(0).
+    rx_ecn_ect0,
+    /// UDP datagrams received marked ECT(1).
+    rx_ecn_ect1,
+    /// UDP datagrams received marked CE (congestion experienced).
+    rx_ecn_ce,
     /// UDP datagrams sent (each GSO segment counts).
     tx_datagrams,
     /// UDP payload bytes sent.
@@ -110,6 +128,8 @@ shard_stats! {
     handshakes_resumed,
     /// Resumed handshakes whose 0-RTT data was accepted.
     handshakes_0rtt,
+    /// Resumed handshakes whose client offered 0-RTT data that the server did not accept.
+    handshakes_0rtt_rejected,
     /// Dropped: the control messages did not fit (`MSG_CTRUNC`).
     drop_ctrunc,
     /// Dropped: the datagram did not fit the receive buffer (`MSG_TRUNC`).
@@ -132,6 +152,70 @@ shard_stats! {
     tx_errors,
 }
 
+/// Upper bounds, in microseconds, of the [`DurationHistogram`] buckets (0.5 ms to 1 s); one
+/// more bucket takes everything longer.
+pub const DURATION_BUCKETS_US: [u64; 11] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+];
+
+/// Number of [`DurationHistogram`] buckets: one per bound in [`DURATION_BUCKETS_US`], plus one
+/// for longer durations.
+pub const DURATION_BUCKETS: usize = DURATION_BUCKETS_US.len() + 1;
+
+/// A histogram of durations with fixed buckets ([`DURATION_BUCKETS_US`]), made of
+/// single-writer [`Counter`]s: recording is two plain adds, with no lock.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    buckets: [Counter; DURATION_BUCKETS],
+    sum_us: Counter,
+}
+
+impl DurationHistogram {
+    /// Counts one duration in the first bucket whose bound it does not exceed. Only the
+    /// owning shard calls this.
+    #[inline]
+    pub fn record(&self, duration: Duration) {
+        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[bucket].add(1);
+        self.sum_us.add(us);
+    }
+
+    /// Reads every bucket and the sum.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].get()),
+            sum_us: self.sum_us.get(),
+        }
+    }
+}
+
+/// A copy of a [`DurationHistogram`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Durations counted in each bucket (not cumulative): bucket `i < 11` holds those above
+    /// the previous bound and at most `DURATION_BUCKETS_US[i]`; the last, those above 1 s.
+    pub buckets: [u64; DURATION_BUCKETS],
+    /// Sum of all durations counted, in microseconds.
+    pub sum_us: u64,
+}
+
+impl HistogramSnapshot {
+    /// Durations counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Sums two snapshots bucket by bucket.
+    pub fn merge(&self, other: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i] + other.buckets[i]),
+            sum_us: self.sum_us + other.sum_us,
+        }
+    }
+}
+
+/// The counters as `name=value` pairs separated by spaces (the histogram is left out).
 impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
@@ -164,5 +248,41 @@ mod tests {
         let text = sum.to_string();
         assert!(text.starts_with("rx_datagrams=6 rx_bytes=0"), "{text}");
         assert!(text.contains("conns_open=7"));
+    }
+
+    #[test]
+    fn durations_land_in_their_buckets() {
+        let h = DurationHistogram::default();
+        let ms = |n: u64| Duration::from_micros(n * 1000);
+        // On a bound counts in that bound's bucket; just above it, in the next.
+        h.record(Duration::ZERO);
+        h.record(Duration::from_micros(500));
+        h.record(Duration::from_micros(501));
+        h.record(ms(1));
+        h.record(ms(7));
+        h.record(ms(1000));
+        h.record(ms(1000) + Duration::from_micros(1));
+        h.record(Duration::from_secs(3600));
+        let s = h.snapshot();
+        assert_eq!(s.buckets, [2, 2, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(s.count(), 8);
+        assert_eq!(
+            s.sum_us,
+            500 + 501 + 1000 + 7000 + 1_000_000 + 1_000_001 + 3_600_000_000
+        );
+    }
+
+    #[test]
+    fn histograms_merge_through_snapshots() {
+        let a = ShardStats::default();
+        a.handshake_duration.record(Duration::from_millis(3));
+        let b = ShardStats::default();
+        b.handshake_duration.record(Duration::from_millis(4));
+        b.handshake_duration.record(Duration::from_secs(2));
+        let sum = a.snapshot().merge(&b.snapshot()).handshake_duration;
+        assert_eq!(sum.count(), 3);
+        assert_eq!(sum.buckets[3], 2, "3 ms and 4 ms are in the 5 ms bucket");
+        assert_eq!(sum.buckets[DURATION_BUCKETS - 1], 1);
+        assert_eq!(sum.sum_us, 2_007_000);
     }
 }

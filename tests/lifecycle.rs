@@ -328,7 +328,8 @@ fn real_initials(server: SocketAddr, n: usize) -> Vec<Vec<u8>> {
                 .connect(now, config.clone(), server, "localhost")
                 .expect("connect");
             let mut buf = Vec::new();
-            conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+            let initial = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+            buf.truncate(initial.size);
             buf
         })
         .collect()

@@ -306,6 +306,13 @@ impl Shard {
             self.stats.rx_gro_batches.add(1);
         }
         let ecn = EcnCodepoint::from_bits(meta.ecn);
+        // GRO coalesces only datagrams with the same TOS, so one mark covers the batch.
+        match ecn {
+            Some(EcnCodepoint::Ect0) => self.stats.rx_ecn_ect0.add(segments as u64),
+            Some(EcnCodepoint::Ect1) => self.stats.rx_ecn_ect1.add(segments as u64),
+            Some(EcnCodepoint::Ce) => self.stats.rx_ecn_ce.add(segments as u64),
+            None => {}
+        }
         while !data.is_empty() {
             let datagram = data.split_to(segment.min(data.len()));
             match steering::owner(&self.layout, &datagram) {
@@ -678,12 +685,15 @@ fn dispatch(
             .saturating_duration_since(entry.accepted_at);
         let info = HandshakeInfo::capture(&entry.conn, took);
         stats.conns_accepted.add(1);
+        stats.handshake_duration.record(info.duration);
         if !info.resumed {
             stats.handshakes_full.add(1);
         } else {
             stats.handshakes_resumed.add(1);
             if info.zero_rtt_accepted {
                 stats.handshakes_0rtt.add(1);
+            } else if info.zero_rtt_offered {
+                stats.handshakes_0rtt_rejected.add(1);
             }
         }
         if log_handshakes {
