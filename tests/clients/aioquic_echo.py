@@ -48,12 +48,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pickle
 import socket
 import sys
 import threading
 from typing import Dict, List, Optional, Set
+
+from harness import grow_receive_buffer, make_log, run_client
 
 try:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -80,13 +81,6 @@ SEQ_BYTES = 4
 DATAGRAM_WINDOW = 32
 # How long to keep waiting for echoes after the last datagram went out.
 DATAGRAM_GRACE_SECS = 2.0
-# Requested UDP receive buffer size (see grow_receive_buffer).
-RECV_BUFFER_BYTES = 8 << 20
-# Bound on the time spent closing the connection at the end of a run.
-CLOSE_LINGER_SECS = 1.0
-# Extra time the watchdog thread allows past --timeout before it forces an
-# exit (it only fires if the event loop itself is wedged).
-WATCHDOG_SLACK_SECS = 3.0
 
 # Period of the stream pattern.  A prime that is not a divisor of common
 # chunk sizes, so data delivered at a wrong offset does not match.
@@ -169,9 +163,7 @@ class Report:
             return True
 
 
-def log(msg: str) -> None:
-    sys.stderr.write("aioquic_echo: %s\n" % msg)
-    sys.stderr.flush()
+log = make_log("aioquic_echo")
 
 
 class StreamCheck:
@@ -415,26 +407,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def grow_receive_buffer(sock: socket.socket) -> None:
-    """Best effort: make room for echo bursts.
-
-    Python drains the socket much more slowly than the server fills it, and
-    with the default 208 KiB buffer a burst of echoed 1.1 KB datagrams can
-    overflow it, which would look like datagram loss in the server.
-    """
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
-    if force is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, RECV_BUFFER_BYTES)
-            return
-        except OSError:
-            pass  # needs CAP_NET_ADMIN; fall back to the rmem_max-capped one
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
-    except OSError as exc:
-        log("cannot enlarge the UDP receive buffer: %s" % exc)
-
-
 async def open_connection(args: argparse.Namespace, report: Report) -> EchoClientProtocol:
     """Create the UDP socket and QUIC connection and start the handshake."""
     loop = asyncio.get_running_loop()
@@ -467,7 +439,7 @@ async def open_connection(args: argparse.Namespace, report: Report) -> EchoClien
     # IPv6 dual-stack sockets, and ICMP errors reach error_received().
     sock = socket.socket(family, socket.SOCK_DGRAM, proto)
     try:
-        grow_receive_buffer(sock)
+        grow_receive_buffer(sock, log)
         sock.setblocking(False)
         sock.connect(addr)
         _, protocol = await loop.create_datagram_endpoint(
@@ -606,62 +578,18 @@ async def run(args: argparse.Namespace, report: Report, holder: list) -> int:
     return 0
 
 
-async def shutdown(proto: Optional[EchoClientProtocol]) -> None:
-    """Send CONNECTION_CLOSE (if still open) and release the socket, bounded."""
-    if proto is None:
-        return
-    if not proto.is_terminated():
-        proto.close_quietly()
-    transport = proto._transport
-    if transport is not None:
-        transport.close()  # flushes what is buffered, then connection_lost
-        try:
-            await asyncio.wait_for(asyncio.shield(proto.lost), CLOSE_LINGER_SECS)
-        except asyncio.TimeoutError:
-            pass
-
-
-async def amain(args: argparse.Namespace, report: Report) -> int:
-    holder: list = []
-    try:
-        code = await asyncio.wait_for(run(args, report, holder), args.timeout)
-    except asyncio.TimeoutError:
-        if not report.connected:
-            log("timed out after %.1fs before the handshake completed" % args.timeout)
-        elif args.wait_close:
-            log("timed out after %.1fs waiting for the server to close" % args.timeout)
-        else:
-            log("timed out after %.1fs" % args.timeout)
-        code = 1
-    except (OSError, ConnectionError) as exc:
-        log("cannot connect: %s" % exc)
-        code = 1
-    await shutdown(holder[0] if holder else None)
-    return code
-
-
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
     report = Report()
 
-    # Last-resort guard: if the event loop is ever wedged, still honour the
-    # deadline, print what we have and exit 1.
-    def watchdog() -> None:
-        log("watchdog: run exceeded --timeout, forcing exit")
-        report.emit()
-        os._exit(1)
+    def timed_out() -> str:
+        if not report.connected:
+            return " before the handshake completed"
+        if args.wait_close:
+            return " waiting for the server to close"
+        return ""
 
-    timer = threading.Timer(args.timeout + WATCHDOG_SLACK_SECS, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
-        code = asyncio.run(amain(args, report))
-    except Exception as exc:
-        log("unexpected error: %r" % exc)
-        code = 1
-    timer.cancel()
-    report.emit()
-    return code
+    return run_client(args, report, run, log, timed_out)
 
 
 if __name__ == "__main__":

@@ -64,12 +64,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sys
 import threading
 from collections import Counter
 from typing import Dict, List, Optional
+
+from harness import grow_receive_buffer, make_log, run_client
 
 try:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -91,21 +92,13 @@ BLOCK = bytes(i % PERIOD for i in range(PERIOD * 64))
 MAX_DATAGRAM_SIZE = 1150
 # DATAGRAM frames handed to aioquic but not yet sent.
 DATAGRAM_WINDOW = 32
-# Requested UDP receive buffer: Python drains the socket slowly.
-RECV_BUFFER_BYTES = 8 << 20
-# Bound on the time spent closing the connection at the end of a run.
-CLOSE_LINGER_SECS = 1.0
 # How long the final PING may take.
 PING_SECS = 5.0
-# Extra time the watchdog allows past --timeout (it fires only if the loop is wedged).
-WATCHDOG_SLACK_SECS = 3.0
 # Failure reasons kept in the report.
 MAX_FAILURES = 20
 
 
-def log(msg: str) -> None:
-    sys.stderr.write("aioquic_perf: %s\n" % msg)
-    sys.stderr.flush()
+log = make_log("aioquic_perf")
 
 
 def is_pattern(offset: int, data: bytes) -> bool:
@@ -408,21 +401,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def grow_receive_buffer(sock: socket.socket) -> None:
-    """Best effort: make room for the server's bursts."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
-    if force is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, RECV_BUFFER_BYTES)
-            return
-        except OSError:
-            pass
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
-    except OSError as exc:
-        log("cannot enlarge the UDP receive buffer: %s" % exc)
-
-
 async def open_connection(args: argparse.Namespace, report: Report) -> PerfClientProtocol:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
@@ -440,7 +418,7 @@ async def open_connection(args: argparse.Namespace, report: Report) -> PerfClien
     quic = QuicConnection(configuration=config)
     sock = socket.socket(family, socket.SOCK_DGRAM, proto)
     try:
-        grow_receive_buffer(sock)
+        grow_receive_buffer(sock, log)
         sock.setblocking(False)
         sock.connect(addr)
         _, protocol = await loop.create_datagram_endpoint(lambda: PerfClientProtocol(quic), sock=sock)
@@ -557,54 +535,8 @@ async def run(args: argparse.Namespace, report: Report, holder: list) -> int:
     return 0
 
 
-async def shutdown(proto: Optional[PerfClientProtocol]) -> None:
-    if proto is None:
-        return
-    if not proto.is_terminated():
-        proto.close_quietly()
-    transport = proto._transport
-    if transport is not None:
-        transport.close()
-        try:
-            await asyncio.wait_for(asyncio.shield(proto.lost), CLOSE_LINGER_SECS)
-        except asyncio.TimeoutError:
-            pass
-
-
-async def amain(args: argparse.Namespace, report: Report) -> int:
-    holder: list = []
-    try:
-        code = await asyncio.wait_for(run(args, report, holder), args.timeout)
-    except asyncio.TimeoutError:
-        log("timed out after %.1fs" % args.timeout)
-        code = 1
-    except (OSError, ConnectionError) as exc:
-        log("cannot connect: %s" % exc)
-        code = 1
-    await shutdown(holder[0] if holder else None)
-    return code
-
-
 def main(argv: List[str]) -> int:
-    args = parse_args(argv)
-    report = Report()
-
-    def watchdog() -> None:
-        log("watchdog: run exceeded --timeout, forcing exit")
-        report.emit()
-        os._exit(1)
-
-    timer = threading.Timer(args.timeout + WATCHDOG_SLACK_SECS, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
-        code = asyncio.run(amain(args, report))
-    except Exception as exc:
-        log("unexpected error: %r" % exc)
-        code = 1
-    timer.cancel()
-    report.emit()
-    return code
+    return run_client(parse_args(argv), Report(), run, log)
 
 
 if __name__ == "__main__":
