@@ -125,6 +125,7 @@ impl ClientBuilder {
                     inbox,
                     open_total: Arc::new(AtomicUsize::new(0)),
                     max_conns: usize::MAX,
+                    max_handshakes: usize::MAX,
                     server_config: None,
                     client_config: Some(self.config.clone()),
                     apps: Vec::new(),

@@ -203,6 +203,10 @@ struct ServeArgs {
     /// CONNECTION_REFUSED [default: no limit].
     #[arg(long, value_name = "N")]
     max_conns: Option<usize>,
+    /// Handshakes in flight per shard above which new clients first get a Retry (address
+    /// validation) [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_handshakes: Option<usize>,
     /// Close connections idle for this long.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
     idle_timeout: f64,
@@ -313,6 +317,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)));
     if let Some(n) = args.max_conns {
         builder = builder.max_conns(n);
+    }
+    if let Some(n) = args.max_handshakes {
+        builder = builder.max_handshakes(n);
     }
     for addr in &args.listen {
         builder = builder.listen(*addr);

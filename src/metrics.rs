@@ -24,6 +24,7 @@
 //! | `quring_rx_buffer_exhausted_total` | counter | receives re-armed after the kernel ran out of buffers |
 //! | `quring_datagrams_processed_total` | counter | datagrams the shard's QUIC endpoint processed |
 //! | `quring_drops_total{reason}` | counter | datagrams dropped: `ctrunc`, `truncated`, `bad_address`, `invalid`, `bad_initial`, `no_send_slot` |
+//! | `quring_retry_sent_total` | counter | Retry packets sent while `--max-handshakes` handshakes were in flight |
 //! | `quring_stateless_responses_total` | counter | datagrams answered without a connection (version negotiation, stateless reset) |
 //! | `quring_app_panics_total` | counter | app callbacks that panicked (the connection was closed, the shard went on) |
 //! | `quring_handoff_out_total` | counter | datagrams handed to the shard that owns their connection |
@@ -335,6 +336,11 @@ const SHARD_METRICS: &[ShardMetric] = &[
             ("no_send_slot", |s| s.drop_no_send_slot),
         ],
     },
+    counter(
+        "quring_retry_sent",
+        "Retry packets sent while --max-handshakes handshakes were in flight.",
+        &[("", |s| s.retry_sent)],
+    ),
     counter(
         "quring_stateless_responses",
         "Datagrams answered without a connection (version negotiation, stateless reset).",

@@ -32,6 +32,7 @@ pub struct ServerBuilder {
     lb_config_id: u8,
     server_id: Vec<u8>,
     max_conns: usize,
+    max_handshakes: usize,
     ticket_cache: Option<Arc<TicketCache>>,
     ticket_capacity: usize,
     tickets: usize,
@@ -107,6 +108,15 @@ impl ServerBuilder {
     /// with CONNECTION_REFUSED (default: no limit).
     pub fn max_conns(mut self, n: usize) -> Self {
         self.max_conns = n;
+        self
+    }
+
+    /// Handshakes in flight per shard above which a new client is first sent a Retry: it must
+    /// echo the Retry's token from its own address before the shard spends anything on its
+    /// handshake (default: no limit). Address validation stops a flood from spoofed
+    /// addresses at the cost of one round trip for real clients while the limit is reached.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n;
         self
     }
 
@@ -283,6 +293,7 @@ impl ServerBuilder {
                     inbox,
                     open_total: open_total.clone(),
                     max_conns: self.max_conns,
+                    max_handshakes: self.max_handshakes,
                     server_config: Some(server_config.clone()),
                     client_config: None,
                     apps: self.apps.clone(),
@@ -354,6 +365,7 @@ impl Server {
             lb_config_id: 0,
             server_id: Vec::new(),
             max_conns: usize::MAX,
+            max_handshakes: usize::MAX,
             ticket_cache: None,
             ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,
             tickets: tls::DEFAULT_TICKETS,

@@ -141,6 +141,8 @@ shard_stats! {
     /// Dropped: an Initial that looked like a new connection but did not start one (it did
     /// not decrypt, or its handshake data was invalid).
     drop_bad_initial,
+    /// Retry packets sent to new clients while `--max-handshakes` handshakes were in flight.
+    retry_sent,
     /// Datagrams the endpoint answered without a connection (version negotiation,
     /// stateless reset).
     stateless_responses,

@@ -67,6 +67,9 @@ pub(crate) struct ShardParams {
     /// Connections open on all shards, against `max_conns`.
     pub open_total: Arc<AtomicUsize>,
     pub max_conns: usize,
+    /// Handshakes in flight on this shard above which new clients must first prove their
+    /// address with a Retry.
+    pub max_handshakes: usize,
     /// Accepts connections with this configuration (a server shard).
     pub server_config: Option<Arc<quinn_proto::ServerConfig>>,
     /// Opens connections with this configuration (a client shard).
@@ -108,6 +111,8 @@ struct Entry {
     window_released: bool,
     /// When the shard accepted it: the start of its handshake.
     accepted_at: Instant,
+    /// A server connection counted among the shard's handshakes in flight.
+    in_handshake: bool,
     /// What its handshake negotiated, from its completion on.
     handshake: Option<Box<HandshakeInfo>>,
 }
@@ -154,6 +159,9 @@ pub(crate) struct Shard {
     wake_owed: Vec<bool>,
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
+    /// Server handshakes in flight, against `max_handshakes`.
+    handshaking: usize,
+    max_handshakes: usize,
     log_handshakes: bool,
     client_config: Option<quinn_proto::ClientConfig>,
     driver: Option<Box<dyn Driver>>,
@@ -205,6 +213,8 @@ impl Shard {
             inbox: p.inbox,
             open_total: p.open_total,
             max_conns: p.max_conns,
+            handshaking: 0,
+            max_handshakes: p.max_handshakes,
             log_handshakes: p.log_handshakes,
             client_config: p.client_config,
             driver: p.driver.map(|f| f.build(p.index)),
@@ -357,7 +367,20 @@ impl Shard {
                     mark_dirty(&mut self.dirty, entry, handle.0);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => {
+            Some(DatagramEvent::NewConnection(mut incoming)) => {
+                if self.handshaking >= self.max_handshakes && !incoming.remote_address_validated() {
+                    // Too many handshakes in flight: the client must first show that it
+                    // receives at its address (a spoofed flood cannot), at no cost here.
+                    match self.endpoint.retry(incoming, &mut self.response) {
+                        Ok(t) => {
+                            self.stats.retry_sent.add(1);
+                            self.send_response(socket, t);
+                            return;
+                        }
+                        // Only an already validated Initial cannot be retried.
+                        Err(e) => incoming = e.into_incoming(),
+                    }
+                }
                 let full = self.open_total.load(Ordering::Relaxed) >= self.max_conns;
                 if full || self.stop.load(Ordering::Acquire) {
                     // CONNECTION_REFUSED in an Initial packet: the client reads it at once.
@@ -459,8 +482,12 @@ impl Shard {
             panicked: false,
             window_released: false,
             accepted_at: now,
+            in_handshake: listener != Listener::Driver,
             handshake: None,
         });
+        if listener != Listener::Driver {
+            self.handshaking += 1;
+        }
         mark_dirty(&mut self.dirty, entry, slot);
         id
     }
@@ -522,6 +549,10 @@ impl Shard {
                 app_panicked(entry, now, stats);
             }
         }
+        if entry.in_handshake && (entry.handshake.is_some() || entry.conn.is_closed()) {
+            entry.in_handshake = false;
+            self.handshaking -= 1;
+        }
         if !entry.window_released && entry.conn.is_closed() {
             entry.window_released = true;
             closing::release_window(&entry.conn);
@@ -565,6 +596,9 @@ impl Shard {
             }
             if entry.dialed {
                 self.dialed.remove(&entry.id.seq);
+            }
+            if entry.in_handshake {
+                self.handshaking -= 1;
             }
             self.conns[slot] = None;
             self.open -= 1;
