@@ -637,8 +637,10 @@ impl App for LoadDriver {
             self.started -= 1;
             self.start_request(conn, r.started, false);
         }
+        self.fill(conn, false);
+        // A closed loop fills the connection at once: fewer streams than asked means the
+        // server's limit is lower than --streams.
         if self.plan.config.mode == Mode::Streams && !self.open_loop() {
-            self.fill(conn, false);
             let open = self.conns.get(&id).map_or(0, |s| s.requests.len());
             if open < self.plan.config.streams && self.may_start(now) {
                 self.fatal(format!(
@@ -646,8 +648,6 @@ impl App for LoadDriver {
                     self.plan.config.streams
                 ));
             }
-        } else {
-            self.fill(conn, false);
         }
     }
 
@@ -790,11 +790,6 @@ impl Driver for LoadDriver {
             }
         }
         while self.connects_owed > 0 && self.may_start(now) {
-            self.connects_owed -= 1;
-            let scheduled = match self.plan.config.mode {
-                Mode::NewConnPerRequest => self.backlog.pop_front().unwrap_or(now),
-                _ => now,
-            };
             if self.plan.config.mode == Mode::NewConnPerRequest
                 && self
                     .quota
@@ -802,6 +797,11 @@ impl Driver for LoadDriver {
             {
                 break;
             }
+            self.connects_owed -= 1;
+            let scheduled = match self.plan.config.mode {
+                Mode::NewConnPerRequest => self.backlog.pop_front().unwrap_or(now),
+                _ => now,
+            };
             self.connect(ctl, scheduled);
         }
         self.run_schedule(ctl);
