@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
-use quring::stats::StatsSnapshot;
 use quring::Server;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -71,35 +70,6 @@ async fn echo_checked(conn: &quinn::Connection, data: &[u8], what: &str) {
         echoed.len(),
         data.len()
     );
-}
-
-fn total(server: &Server) -> StatsSnapshot {
-    server
-        .stats()
-        .iter()
-        .fold(StatsSnapshot::default(), |sum, s| sum.merge(s))
-}
-
-/// Re-reads the server's counters until `done` holds. Counters are the only view of the
-/// shards' state and no event announces a change, so this is a bounded poll (every 10 ms).
-fn wait_stats(
-    server: &Server,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&StatsSnapshot) -> bool,
-) -> StatsSnapshot {
-    let deadline = Instant::now() + within;
-    loop {
-        let stats = total(server);
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {within:?}; stats: {stats}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// User plus system CPU time of this process so far.
@@ -309,37 +279,6 @@ impl Rng {
             *b = self.next() as u8;
         }
     }
-}
-
-/// Real QUIC v1 client Initials (each from a fresh quinn-proto client connection to
-/// `server`), to be mutated into garbage that looks like the start of a handshake.
-fn real_initials(server: SocketAddr, n: usize) -> Vec<Vec<u8>> {
-    let config = client_endpoint_config();
-    let mut endpoint = quinn_proto::Endpoint::new(
-        Arc::new(quinn_proto::EndpointConfig::default()),
-        None,
-        true,
-        None,
-    );
-    let now = Instant::now();
-    (0..n)
-        .map(|_| {
-            let (_, mut conn) = endpoint
-                .connect(now, config.clone(), server, "localhost")
-                .expect("connect");
-            let mut buf = Vec::new();
-            let initial = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
-            buf.truncate(initial.size);
-            buf
-        })
-        .collect()
-}
-
-fn client_endpoint_config() -> quinn_proto::ClientConfig {
-    let tls = tls_client([], b"echo");
-    let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)
-        .expect("QUIC-capable TLS config");
-    quinn_proto::ClientConfig::new(Arc::new(crypto))
 }
 
 /// Sends `count` garbage datagrams to `server` from a socket of its own (a source port of

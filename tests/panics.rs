@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{connect, echo_stream, endpoint_with, pattern, DEADLINE};
+use common::{connect, echo_stream, endpoint_with, pattern, total, DEADLINE};
 use quring::app::{App, AppFactory, Conn, ConnId, HandshakeInfo};
 use quring::apps::Echo;
 use quring::{ConnectionError, Server, StreamId, APP_PANIC_CODE};
@@ -106,6 +106,5 @@ fn an_app_panic_closes_its_connection_only() {
     // Shutdown drains every connection, so the second victim's on_closed has run (and
     // panicked) by the time it returns: three panics in all.
     server.shutdown().expect("the shard ends cleanly");
-    let panics: u64 = server.stats().iter().map(|s| s.app_panics).sum();
-    assert_eq!(panics, 3);
+    assert_eq!(total(&server).app_panics, 3);
 }

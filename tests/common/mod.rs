@@ -7,9 +7,10 @@ pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::QuicClientConfig;
+use quring::stats::StatsSnapshot;
 use quring::tls::ClientTicketStore;
 use quring::Server;
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
@@ -262,4 +263,65 @@ pub fn write_cert(server: &Server, name: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("quring-cert-{}-{name}.pem", std::process::id()));
     std::fs::write(&path, &server.identity().cert_pem).expect("write cert");
     path
+}
+
+/// Real QUIC v1 client Initials, each from a fresh quinn-proto client connection to `server`
+/// (garbage that looks like the start of a handshake once mutated; or a client that never
+/// answers).
+pub fn real_initials(server: SocketAddr, n: usize) -> Vec<Vec<u8>> {
+    let config = client_endpoint_config();
+    let mut endpoint = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let now = Instant::now();
+    (0..n)
+        .map(|_| {
+            let (_, mut conn) = endpoint
+                .connect(now, config.clone(), server, "localhost")
+                .expect("connect");
+            let mut buf = Vec::new();
+            let initial = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+            buf.truncate(initial.size);
+            buf
+        })
+        .collect()
+}
+
+fn client_endpoint_config() -> quinn_proto::ClientConfig {
+    let tls = tls_client([], b"echo");
+    let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)
+        .expect("QUIC-capable TLS config");
+    quinn_proto::ClientConfig::new(Arc::new(crypto))
+}
+
+pub fn total(server: &Server) -> StatsSnapshot {
+    server
+        .stats()
+        .iter()
+        .fold(StatsSnapshot::default(), |sum, s| sum.merge(s))
+}
+
+/// Re-reads the server's counters until `done` holds. Counters are the only view of the
+/// shards' state and no event announces a change, so this is a bounded poll (every 10 ms).
+pub fn wait_stats(
+    server: &Server,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&StatsSnapshot) -> bool,
+) -> StatsSnapshot {
+    let deadline = Instant::now() + within;
+    loop {
+        let stats = total(server);
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {within:?}; stats: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
