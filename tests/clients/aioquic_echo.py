@@ -49,12 +49,11 @@ import argparse
 import asyncio
 import json
 import pickle
-import socket
 import sys
 import threading
 from typing import Dict, List, Optional, Set
 
-from harness import grow_receive_buffer, make_log, run_client
+from harness import check_cafile, make_log, open_endpoint, resolve, run_client
 
 try:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -397,23 +396,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                 args.ticket = pickle.load(f)
         except (OSError, pickle.UnpicklingError, EOFError) as exc:
             p.error("cannot read --session-ticket-in: %s" % exc)
-    try:
-        with open(args.cafile, "rb") as f:
-            pem = f.read()
-    except OSError as exc:
-        p.error("cannot read --cafile: %s" % exc)
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        p.error("--cafile %s holds no PEM certificate" % args.cafile)
+    check_cafile(p, args.cafile)
     return args
 
 
 async def open_connection(args: argparse.Namespace, report: Report) -> EchoClientProtocol:
     """Create the UDP socket and QUIC connection and start the handshake."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise ConnectionError("cannot resolve %s" % args.host)
-    family, _, proto, _, addr = infos[0]
+    family, proto, addr = await resolve(args.host, args.port)
 
     config = QuicConfiguration(
         is_client=True,
@@ -435,20 +425,7 @@ async def open_connection(args: argparse.Namespace, report: Report) -> EchoClien
 
     quic = QuicConnection(configuration=config, session_ticket_handler=on_ticket)
 
-    # A connected socket of the address's own family: no dependence on
-    # IPv6 dual-stack sockets, and ICMP errors reach error_received().
-    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
-    try:
-        grow_receive_buffer(sock, log)
-        sock.setblocking(False)
-        sock.connect(addr)
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: EchoClientProtocol(quic),
-            sock=sock,
-        )
-    except BaseException:
-        sock.close()
-        raise
+    protocol = await open_endpoint(family, proto, addr, lambda: EchoClientProtocol(quic), log)
     protocol.report = report
     protocol.ticket_received = ticket_received
     # With --early-data the first flight leaves only once the streams are queued (run()).

@@ -64,13 +64,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import threading
 from collections import Counter
 from typing import Dict, List, Optional
 
-from harness import grow_receive_buffer, make_log, run_client
+from harness import check_cafile, make_log, open_endpoint, resolve, run_client
 
 try:
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -391,22 +390,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         p.error("--datagram-size must be within 1..%d" % MAX_DATAGRAM_SIZE)
     if not args.timeout > 0:
         p.error("--timeout must be > 0")
-    try:
-        with open(args.cafile, "rb") as f:
-            pem = f.read()
-    except OSError as exc:
-        p.error("cannot read --cafile: %s" % exc)
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        p.error("--cafile %s holds no PEM certificate" % args.cafile)
+    check_cafile(p, args.cafile)
     return args
 
 
 async def open_connection(args: argparse.Namespace, report: Report) -> PerfClientProtocol:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(args.host, args.port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise ConnectionError("cannot resolve %s" % args.host)
-    family, _, proto, _, addr = infos[0]
+    family, proto, addr = await resolve(args.host, args.port)
     config = QuicConfiguration(
         is_client=True,
         alpn_protocols=[args.app],
@@ -416,15 +405,7 @@ async def open_connection(args: argparse.Namespace, report: Report) -> PerfClien
     )
     config.load_verify_locations(cafile=args.cafile)
     quic = QuicConnection(configuration=config)
-    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
-    try:
-        grow_receive_buffer(sock, log)
-        sock.setblocking(False)
-        sock.connect(addr)
-        _, protocol = await loop.create_datagram_endpoint(lambda: PerfClientProtocol(quic), sock=sock)
-    except BaseException:
-        sock.close()
-        raise
+    protocol = await open_endpoint(family, proto, addr, lambda: PerfClientProtocol(quic), log)
     protocol.report = report
     protocol.connect(addr)
     return protocol

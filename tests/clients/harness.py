@@ -107,3 +107,41 @@ def run_client(
     timer.cancel()
     report.emit()
     return code
+
+
+def check_cafile(parser, path: str) -> None:
+    """Ends argument parsing with an error unless ``path`` is a readable PEM certificate."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as exc:
+        parser.error("cannot read --cafile: %s" % exc)
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        parser.error("--cafile %s holds no PEM certificate" % path)
+
+
+async def resolve(host: str, port: int):
+    """The first UDP address of ``host``: ``(family, proto, sockaddr)``."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise ConnectionError("cannot resolve %s" % host)
+    family, _, proto, _, addr = infos[0]
+    return family, proto, addr
+
+
+async def open_endpoint(family, proto, addr, make_protocol, log: Callable[[str], None]):
+    """A connected, non-blocking UDP socket of the address's own family (no dependence on
+    dual-stack sockets, and ICMP errors reach ``error_received()``) with a large receive
+    buffer, wrapped in the protocol ``make_protocol()`` builds; returns the protocol."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+    try:
+        grow_receive_buffer(sock, log)
+        sock.setblocking(False)
+        sock.connect(addr)
+        _, protocol = await loop.create_datagram_endpoint(make_protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
