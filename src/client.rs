@@ -12,8 +12,8 @@ use crossbeam_channel::Receiver;
 use crate::app::DriverFactory;
 use crate::datapath::{self, socket, Offloads};
 use crate::error::Error;
-use crate::routing::{CidLayout, Handoff};
-use crate::shard::{ShardParams, ShardThreads};
+use crate::routing::CidLayout;
+use crate::shard::{self, ShardParams, ShardThreads};
 use crate::stats::{ShardStats, StatsSnapshot};
 
 /// Configures and starts a [`Client`].
@@ -76,14 +76,8 @@ impl ClientBuilder {
         // Client CIDs name their shard like a server's: every datagram a server sends to a
         // shard's socket carries that shard's CID, so none is ever handed off.
         let layout = CidLayout::new(threads, 0, Vec::new())?;
-        let reset_key = crate::tls::random_hmac_key()?;
         let mut sockets = Vec::with_capacity(threads);
-        let mut offloads = Offloads {
-            gro: true,
-            gso: true,
-            ecn: true,
-            pktinfo: true,
-        };
+        let mut offloads = Offloads::ALL;
         for _ in 0..threads {
             let (s, o) =
                 socket::bind_shard(self.bind, false).map_err(|e| Error::Socket(self.bind, e))?;
@@ -99,44 +93,34 @@ impl ClientBuilder {
                     .unwrap_or(self.bind)
             })
             .collect();
-        let wakers = (0..threads)
-            .map(|i| datapath::waker().map_err(|e| Error::Shard(i, e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (handoff, inboxes) = Handoff::new(wakers.clone());
-        let handoff = Arc::new(handoff);
+        let (handoff, wiring) = shard::wire(&layout)?;
         let stop = Arc::new(AtomicBool::new(false));
         let v6 = self.bind.is_ipv6();
         let params = sockets
             .into_iter()
-            .zip(inboxes)
-            .zip(wakers)
+            .zip(wiring)
             .enumerate()
-            .map(|(index, ((socket, inbox), waker))| {
-                let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
-                let cids = layout.clone();
-                endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
-                ShardParams {
-                    index,
-                    sockets: vec![(socket, v6)],
-                    offloads,
-                    endpoint_config: Arc::new(endpoint_config),
-                    layout: layout.clone(),
-                    handoff: handoff.clone(),
-                    inbox,
-                    open_total: Arc::new(AtomicUsize::new(0)),
-                    max_conns: usize::MAX,
-                    max_handshakes: usize::MAX,
-                    server_config: None,
-                    client_config: Some(self.config.clone()),
-                    apps: Vec::new(),
-                    driver: Some(self.driver.clone()),
-                    stats: Arc::new(ShardStats::default()),
-                    waker,
-                    stop: stop.clone(),
-                    drain_timeout: self.drain_timeout,
-                    log_handshakes: false,
-                    busy_poll: self.busy_poll,
-                }
+            .map(|(index, (socket, wired))| ShardParams {
+                index,
+                sockets: vec![(socket, v6)],
+                offloads,
+                endpoint_config: wired.endpoint_config,
+                layout: layout.clone(),
+                handoff: handoff.clone(),
+                inbox: wired.inbox,
+                open_total: Arc::new(AtomicUsize::new(0)),
+                max_conns: usize::MAX,
+                max_handshakes: usize::MAX,
+                server_config: None,
+                client_config: Some(self.config.clone()),
+                apps: Vec::new(),
+                driver: Some(self.driver.clone()),
+                stats: Arc::new(ShardStats::default()),
+                waker: wired.waker,
+                stop: stop.clone(),
+                drain_timeout: self.drain_timeout,
+                log_handshakes: false,
+                busy_poll: self.busy_poll,
             })
             .collect();
         // From the last core down, while a server's shards take the first cores up: a client

@@ -11,8 +11,8 @@ use rustls::pki_types::CertificateDer;
 use crate::app::AppFactory;
 use crate::datapath::{self, socket, Offloads, SocketBuffers};
 use crate::error::Error;
-use crate::routing::{steering, CidLayout, Handoff, Steering};
-use crate::shard::{ShardParams, ShardThreads};
+use crate::routing::{steering, CidLayout, Steering};
+use crate::shard::{self, ShardParams, ShardThreads};
 use crate::stats::{ShardStats, StatsSnapshot};
 use crate::tls::{self, Identity, TicketCache};
 
@@ -206,8 +206,6 @@ impl ServerBuilder {
             &resumption,
         )?);
         let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
-        // One stateless-reset key for all shards, so any shard can answer for any CID.
-        let reset_key = tls::random_hmac_key()?;
 
         let requested = if self.listen.is_empty() {
             vec![DEFAULT_LISTEN
@@ -226,12 +224,7 @@ impl ServerBuilder {
         }
         // Bind in shard order, address by address: shard i holds the i-th socket of each
         // reuseport group.
-        let mut offloads = Offloads {
-            gro: true,
-            gso: true,
-            ecn: true,
-            pktinfo: true,
-        };
+        let mut offloads = Offloads::ALL;
         let mut buffers = SocketBuffers {
             recv: usize::MAX,
             send: usize::MAX,
@@ -267,44 +260,34 @@ impl ServerBuilder {
             }
         };
 
-        let wakers = (0..shards)
-            .map(|i| datapath::waker().map_err(|e| Error::Shard(i, e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (handoff, inboxes) = Handoff::new(wakers.clone());
-        let handoff = Arc::new(handoff);
+        let (handoff, wiring) = shard::wire(&layout)?;
         let stop = Arc::new(AtomicBool::new(false));
         let open_total = Arc::new(AtomicUsize::new(0));
         let params = per_shard
             .into_iter()
-            .zip(inboxes)
-            .zip(wakers)
+            .zip(wiring)
             .enumerate()
-            .map(|(index, ((sockets, inbox), waker))| {
-                let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
-                let cids = layout.clone();
-                endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
-                ShardParams {
-                    index,
-                    sockets,
-                    offloads,
-                    endpoint_config: Arc::new(endpoint_config),
-                    layout: layout.clone(),
-                    handoff: handoff.clone(),
-                    inbox,
-                    open_total: open_total.clone(),
-                    max_conns: self.max_conns,
-                    max_handshakes: self.max_handshakes,
-                    server_config: Some(server_config.clone()),
-                    client_config: None,
-                    apps: self.apps.clone(),
-                    driver: None,
-                    stats: Arc::new(ShardStats::default()),
-                    waker,
-                    stop: stop.clone(),
-                    drain_timeout: self.drain_timeout,
-                    log_handshakes: self.log_handshakes,
-                    busy_poll: self.busy_poll,
-                }
+            .map(|(index, (sockets, wired))| ShardParams {
+                index,
+                sockets,
+                offloads,
+                endpoint_config: wired.endpoint_config,
+                layout: layout.clone(),
+                handoff: handoff.clone(),
+                inbox: wired.inbox,
+                open_total: open_total.clone(),
+                max_conns: self.max_conns,
+                max_handshakes: self.max_handshakes,
+                server_config: Some(server_config.clone()),
+                client_config: None,
+                apps: self.apps.clone(),
+                driver: None,
+                stats: Arc::new(ShardStats::default()),
+                waker: wired.waker,
+                stop: stop.clone(),
+                drain_timeout: self.drain_timeout,
+                log_handshakes: self.log_handshakes,
+                busy_poll: self.busy_poll,
             })
             .collect();
         let cores = if self.pin {

@@ -58,6 +58,14 @@ pub struct Offloads {
 }
 
 impl Offloads {
+    /// Every offload: where intersecting the sockets' offloads starts.
+    pub const ALL: Offloads = Offloads {
+        gro: true,
+        gso: true,
+        ecn: true,
+        pktinfo: true,
+    };
+
     /// The offloads every socket of a group has.
     pub fn intersect(self, other: Offloads) -> Offloads {
         Offloads {

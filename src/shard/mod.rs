@@ -32,6 +32,7 @@ use crate::app::{
     Hello, Refusal,
 };
 use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
+use crate::error::Error;
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
 use crossbeam_channel::Receiver;
@@ -53,6 +54,42 @@ const NO_APP_CODE: VarInt = VarInt::from_u32(0x1);
 
 /// Bytes the receive arena allocates at a time; received packets share it.
 const ARENA_CHUNK: usize = 256 * 1024;
+
+/// One shard's share of the plumbing of a set of shards (see [`wire`]).
+pub(crate) struct ShardWiring {
+    /// Issues CIDs that name the shard; the set's stateless-reset key.
+    pub endpoint_config: Arc<quinn_proto::EndpointConfig>,
+    pub waker: Waker,
+    pub inbox: Receiver<Forwarded>,
+}
+
+/// The plumbing every set of shards (a server's, a client's) needs: for each shard of
+/// `layout`, an endpoint configuration whose CIDs name it, with one stateless-reset key for
+/// all (so any shard can answer for any other), its ring's waker and its hand-off inbox; and
+/// the hand-off they share.
+pub(crate) fn wire(layout: &CidLayout) -> Result<(Arc<Handoff>, Vec<ShardWiring>), Error> {
+    let reset_key = crate::tls::random_hmac_key()?;
+    let wakers = (0..layout.shards())
+        .map(|i| crate::datapath::waker().map_err(|e| Error::Shard(i, e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (handoff, inboxes) = Handoff::new(wakers.clone());
+    let shards = wakers
+        .into_iter()
+        .zip(inboxes)
+        .enumerate()
+        .map(|(index, (waker, inbox))| {
+            let mut endpoint_config = quinn_proto::EndpointConfig::new(reset_key.clone());
+            let cids = layout.clone();
+            endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
+            ShardWiring {
+                endpoint_config: Arc::new(endpoint_config),
+                waker,
+                inbox,
+            }
+        })
+        .collect();
+    Ok((Arc::new(handoff), shards))
+}
 
 /// Everything a shard thread is started with.
 pub(crate) struct ShardParams {
