@@ -6,6 +6,7 @@
 //! datagram to the endpoint, let every connection that changed deliver its events to its
 //! app, then transmit what the connections have to send, until the send slots run out.
 
+mod arena;
 mod closing;
 mod threads;
 mod timers;
@@ -51,9 +52,6 @@ pub const APP_PANIC_REASON: &[u8] = b"internal error";
 /// Error code used when a connection negotiated an ALPN no app serves (cannot happen while
 /// the TLS configuration lists exactly the apps' protocols).
 const NO_APP_CODE: VarInt = VarInt::from_u32(0x1);
-
-/// Bytes the receive arena allocates at a time; received packets share it.
-const ARENA_CHUNK: usize = 256 * 1024;
 
 /// One shard's share of the plumbing of a set of shards (see [`wire`]).
 pub(crate) struct ShardWiring {
@@ -183,7 +181,7 @@ pub(crate) struct Shard {
     dirty: Vec<usize>,
     /// Connections that had data to send when no send slot was free.
     waiting_for_slot: Vec<usize>,
-    arena: BytesMut,
+    arena: arena::Arena,
     /// Buffer for the endpoint's stateless responses.
     response: Vec<u8>,
     stats: Arc<ShardStats>,
@@ -239,7 +237,7 @@ impl Shard {
             timers: Timers::default(),
             dirty: Vec::new(),
             waiting_for_slot: Vec::new(),
-            arena: BytesMut::with_capacity(ARENA_CHUNK),
+            arena: arena::Arena::new(),
             response: Vec::with_capacity(crate::datapath::MAX_GSO_BYTES),
             stats: p.stats,
             stop: p.stop,
@@ -309,10 +307,10 @@ impl Shard {
 
     fn process_completions(&mut self) {
         let now = Instant::now();
-        while let Some(event) = self.datapath.next_event(&mut self.arena) {
+        while let Some(event) = self.datapath.next_event(self.arena.room()) {
             match event {
                 crate::datapath::Event::Recv { socket, src, meta } => {
-                    let data = self.arena.split();
+                    let data = self.arena.take();
                     self.on_receive(now, socket, src, meta, data);
                 }
                 crate::datapath::Event::SlotFree => {
