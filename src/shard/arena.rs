@@ -110,7 +110,7 @@ mod tests {
         churn(&mut arena, 1000, 1200);
         assert_eq!(&held[..], b"held");
         // The first chunk is still referenced, so it stays queued and unused.
-        assert!(arena.filled.len() >= 1);
+        assert!(!arena.filled.is_empty());
         assert!(arena.filled.len() <= KEPT);
     }
 }
