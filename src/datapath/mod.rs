@@ -4,6 +4,7 @@
 //! a [`cmsg::RecvMeta`], and sends by filling a buffer the datapath owns.
 
 pub mod cmsg;
+pub mod memory;
 pub mod sockaddr;
 pub mod socket;
 mod uring;

@@ -203,6 +203,8 @@ pub(crate) struct Shard {
     /// When the driver asked to be polled next.
     driver_wake: Option<Instant>,
     driver_done: bool,
+    /// Set when the shard stops: connections that have not closed by then are dropped.
+    drain_deadline: Option<Instant>,
     /// Slots of the driver's connections by sequence number.
     dialed: HashMap<u64, usize>,
 }
@@ -255,54 +257,61 @@ impl Shard {
             driver: p.driver.map(|f| f.build(p.index)),
             driver_wake: None,
             driver_done: false,
+            drain_deadline: None,
             dialed: HashMap::new(),
         })
     }
 
     /// Runs until stopped and drained.
     pub fn run(mut self) -> std::io::Result<()> {
-        let mut drain_deadline: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            while let Some((at, slot)) = self.timers.pop_due(now) {
-                if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
-                    if entry.timer == Some(at) {
-                        entry.timer = None;
-                        entry.conn.handle_timeout(now);
-                        mark_dirty(&mut self.dirty, entry, slot);
-                    }
+        while self.turn()? {}
+        Ok(())
+    }
+
+    /// One round of the loop: due timers, connections' events and sends, the driver, then a
+    /// wait on the datapath (bounded by the next timer) and what it delivered. Returns `false`
+    /// once the shard has stopped and its connections are closed (or the drain timed out).
+    pub fn turn(&mut self) -> std::io::Result<bool> {
+        let now = Instant::now();
+        while let Some((at, slot)) = self.timers.pop_due(now) {
+            if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                if entry.timer == Some(at) {
+                    entry.timer = None;
+                    entry.conn.handle_timeout(now);
+                    mark_dirty(&mut self.dirty, entry, slot);
                 }
             }
-            // The driver is polled after the connections' events, so that it acts on what
-            // they told it in this same round.
-            self.drive_dirty(now)?;
-            if drain_deadline.is_none() {
-                self.poll_driver(now);
-                if self.driver_done || self.stop.load(Ordering::Acquire) {
-                    drain_deadline = Some(now + self.drain_timeout);
-                    self.close_all(now);
-                }
-                self.drive_dirty(now)?;
-            }
-            let wake = match (self.timers.next(), self.driver_wake) {
-                (Some(a), Some(b)) if drain_deadline.is_none() => Some(a.min(b)),
-                (None, Some(b)) if drain_deadline.is_none() => Some(b),
-                (a, _) => a,
-            };
-            let timeout = wake.map(|at| at.saturating_duration_since(now));
-            let timeout = match drain_deadline {
-                Some(deadline) => {
-                    if self.open == 0 || now >= deadline {
-                        return Ok(());
-                    }
-                    let left = deadline - now;
-                    Some(timeout.map_or(left, |t| t.min(left)))
-                }
-                None => timeout,
-            };
-            self.datapath.wait(timeout)?;
-            self.process_completions();
         }
+        // The driver is polled after the connections' events, so that it acts on what they
+        // told it in this same round.
+        self.drive_dirty(now)?;
+        if self.drain_deadline.is_none() {
+            self.poll_driver(now);
+            if self.driver_done || self.stop.load(Ordering::Acquire) {
+                self.drain_deadline = Some(now + self.drain_timeout);
+                self.close_all(now);
+            }
+            self.drive_dirty(now)?;
+        }
+        let wake = match (self.timers.next(), self.driver_wake) {
+            (Some(a), Some(b)) if self.drain_deadline.is_none() => Some(a.min(b)),
+            (None, Some(b)) if self.drain_deadline.is_none() => Some(b),
+            (a, _) => a,
+        };
+        let timeout = wake.map(|at| at.saturating_duration_since(now));
+        let timeout = match self.drain_deadline {
+            Some(deadline) => {
+                if self.open == 0 || now >= deadline {
+                    return Ok(false);
+                }
+                let left = deadline - now;
+                Some(timeout.map_or(left, |t| t.min(left)))
+            }
+            None => timeout,
+        };
+        self.datapath.wait(timeout)?;
+        self.process_completions();
+        Ok(true)
     }
 
     fn process_completions(&mut self) {
