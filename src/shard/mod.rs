@@ -465,7 +465,9 @@ impl Shard {
     /// straight back to its sender, from the socket and local address it arrived on, with its
     /// ECN bits, as one GSO send of the same segment size (several when GSO is off or the
     /// batch exceeds one send). It is a benchmark reflector: with no free send slot the
-    /// datagrams are dropped and counted (`drop_no_send_slot`), never queued.
+    /// datagrams are dropped and counted (`drop_no_send_slot`), never queued. One datagram
+    /// larger than a send slot (over 65,507 bytes: IPv6 only) cannot go back and counts as a
+    /// send error (`tx_errors`), as the kernel's refusal of one over the path MTU does.
     fn reflect(
         &mut self,
         socket: usize,
@@ -474,6 +476,11 @@ impl Shard {
         data: &[u8],
         segment: usize,
     ) {
+        if segment > crate::datapath::MAX_GSO_BYTES {
+            // Only an IPv6 datagram can be this large, and no send slot holds it.
+            self.stats.tx_errors.add(1);
+            return;
+        }
         let per_send = segment * self.datapath.max_segments(segment);
         let mut rest = data;
         // At least one send: an empty datagram is echoed too.
