@@ -343,7 +343,7 @@ def benchmarks(argv):
        f"`{meta.get('commit', doc['git'])}`.\n")
     w_(f"**Machine:** {meta.get('cpu', '?')}, {meta.get('cores', '?')} CPUs, "
        f"kernel {meta.get('kernel', '?')}. Load average (1/5/15 min) "
-       f"{meta.get('load_before', '?')} before the runs, {meta.get('load_after', '?')} after.")
+       f"{meta.get('load_before', '?')} before the runs, {meta.get('load_after', '?')} after.\n")
     w_(f"**Machine state:** {meta.get('note') or 'not described (scripts/bench-all.sh --note)'}")
     w_("")
     w_(f"**Settings:** medians of {cfg['runs']} run(s) per cell, each {cfg['duration_s']:g} s "
