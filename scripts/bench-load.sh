@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Load benchmark: `quring serve --app echo,perf,discard` against the equivalent quinn + tokio
-# server (examples/quinn_peer.rs), both driven by the same `quring load` client.
+# server (examples/quinn_peer.rs), both driven by the same `quring load` client; and for round
+# trips, `quring serve --app udp-echo` (raw UDP, no QUIC) driven by examples/udp_rtt.rs as the
+# physical limit.
 #
 # Usage: scripts/bench-load.sh [--runs N] [--duration S] [--warmup S] [--shards N]
 #            [--threads N] [--server-cpus LIST] [--load-cpus LIST] [--workloads LIST]
-#            [--servers LIST] [--json PATH]
+#            [--servers LIST] [--busy-poll-us US] [--json PATH]
 # Every flag has an environment variable of the same name in capitals (RUNS, DURATION, ...);
 # a flag wins over its variable.
 #
@@ -15,19 +17,26 @@
 #   THREADS      `quring load --threads` (1)
 #   SERVER_CPUS  `taskset -c` list for the servers (0)
 #   LOAD_CPUS    `taskset -c` list for the load client (1); must not overlap SERVER_CPUS
-#   WORKLOADS    comma list of bulk,rr,handshakes,resumed,0rtt (all)
-#   SERVERS      comma list of quring,quinn (both)
+#   WORKLOADS    comma list of bulk,rr,handshakes,resumed,0rtt,datagrams,rtt,rtt-busy (all)
+#   SERVERS      comma list of quring,quinn,udp-echo (all); udp-echo runs only rtt workloads
+#   BUSY_POLL_US `--busy-poll-us` of the rtt-busy servers and clients (20)
 #   JSON         where all raw runs go (target/bench-load/<time>.json)
-# QURING_BIN and QUINN_PEER_BIN, when set, replace the binaries built here (the release
-# `quring` and `examples/quinn_peer` of the cargo target directory); with both set, nothing
-# is built.
+# QURING_BIN, QUINN_PEER_BIN and UDP_RTT_BIN, when set, replace the binaries built here (the
+# release `quring`, `examples/quinn_peer` and `examples/udp_rtt` of the cargo target
+# directory); with the first two set, nothing is built and UDP_RTT_BIN defaults to the
+# `udp_rtt` next to QUINN_PEER_BIN.
 #
-# Workloads (all `--protocol perf`):
-#   bulk        1 conn, 1 stream, 100 MB responses     Gbit/s          server ns per byte
-#   rr          1 conn, 100 streams, 1 KiB each way    requests/s      server µs per request
-#   handshakes  new connection per request, 16 at once new conns/s     server µs per connection
+# Workloads (`quring load` against quring and quinn; udp_rtt against udp-echo):
+#   bulk        1 conn, 1 stream, 100 MB perf responses  Gbit/s        server ns per byte
+#   rr          1 conn, 100 streams, 1 KiB perf each way requests/s    server µs per request
+#   handshakes  new connection per request, 16 at once   new conns/s   server µs per connection
 #   resumed     same, resuming TLS sessions (--resume)
 #   0rtt        same, with the request in 0-RTT data (--resume --0rtt)
+#   datagrams   1 conn, 100 DATAGRAM frames of 1 KiB in flight, echoed   requests/s
+#   rtt         1 conn, 1 stream, 64 B echo, closed loop p50 round trip (µs); udp-echo: one
+#               64 B datagram at a time
+#   rtt-busy    same, with --busy-poll-us BUSY_POLL_US on the quring servers and both clients
+#               (quinn + tokio cannot spin: only its client does)
 #
 # Every server process serves one load run and is stopped after it, so each run starts with a
 # fresh certificate and empty ticket caches on both sides. Server CPU is utime + stime from
@@ -47,8 +56,9 @@ SHARDS="${SHARDS:-1}"
 THREADS="${THREADS:-1}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 LOAD_CPUS="${LOAD_CPUS:-1}"
-WORKLOADS="${WORKLOADS:-bulk,rr,handshakes,resumed,0rtt}"
-SERVERS="${SERVERS:-quring,quinn}"
+WORKLOADS="${WORKLOADS:-bulk,rr,handshakes,resumed,0rtt,datagrams,rtt,rtt-busy}"
+SERVERS="${SERVERS:-quring,quinn,udp-echo}"
+BUSY_POLL_US="${BUSY_POLL_US:-20}"
 JSON="${JSON:-}"
 
 # How long a server gets to print its `listening on` line, and to exit after SIGTERM.
@@ -76,7 +86,7 @@ while [[ $# -gt 0 ]]; do
             exit 0
             ;;
         --runs | --duration | --warmup | --shards | --threads | --server-cpus | --load-cpus | \
-            --workloads | --servers | --json)
+            --workloads | --servers | --busy-poll-us | --json)
             [[ $# -ge 2 ]] || die "$opt needs a value"
             value="$2"
             shift 2
@@ -98,6 +108,7 @@ while [[ $# -gt 0 ]]; do
         --load-cpus) LOAD_CPUS="$value" ;;
         --workloads) WORKLOADS="$value" ;;
         --servers) SERVERS="$value" ;;
+        --busy-poll-us) BUSY_POLL_US="$value" ;;
         --json) JSON="$value" ;;
         *) die "unknown argument '$opt' (see --help)" ;;
     esac
@@ -112,6 +123,7 @@ is_secs() { [[ "$1" =~ ^[0-9]{1,5}(\.[0-9]{1,3})?$ ]]; }
 is_count "$RUNS" || die "RUNS '$RUNS' is not a count from 1 to 9999"
 is_count "$SHARDS" || die "SHARDS '$SHARDS' is not a count from 1 to 9999"
 is_count "$THREADS" || die "THREADS '$THREADS' is not a count from 1 to 9999"
+[[ "$BUSY_POLL_US" =~ ^[1-9][0-9]{0,5}$ ]] || die "BUSY_POLL_US '$BUSY_POLL_US' is not 1 to 999999"
 is_secs "$DURATION" || die "DURATION '$DURATION' is not a number of seconds"
 is_secs "$WARMUP" || die "WARMUP '$WARMUP' is not a number of seconds"
 awk -v d="$DURATION" 'BEGIN { exit !(d > 0) }' || die "DURATION must be more than 0"
@@ -148,30 +160,50 @@ n_load_cpus="$(sort -u <<<"$load_cpus" | wc -l)"
 ((SHARDS <= n_server_cpus)) || note "warning: $SHARDS shards on $n_server_cpus server CPU(s)"
 ((THREADS <= n_load_cpus)) || note "warning: $THREADS load threads on $n_load_cpus load CPU(s)"
 
-# The `quring load` arguments and the figure of each workload.
+# The `quring load` arguments of each workload.
 workload_args() {
     local conn=(--protocol perf --new-conn-per-request --conns 16 --request-size 0
         --response-size 1024)
+    local rtt=(--protocol echo --conns 1 --streams 1 --request-size 64)
     case "$1" in
         bulk) echo --protocol perf --conns 1 --streams 1 --request-size 0 --response-size 100000000 ;;
         rr) echo --protocol perf --conns 1 --streams 100 --request-size 1024 --response-size 1024 ;;
         handshakes) echo "${conn[@]}" ;;
         resumed) echo "${conn[@]}" --resume ;;
         0rtt) echo "${conn[@]}" --resume --0rtt ;;
+        datagrams) echo --protocol echo --datagrams --conns 1 --streams 100 --request-size 1024 ;;
+        rtt) echo "${rtt[@]}" ;;
+        rtt-busy) echo "${rtt[@]}" --busy-poll-us "$BUSY_POLL_US" ;;
         *) return 1 ;;
     esac
+}
+
+# Whether server $2 runs workload $1: udp-echo only answers round trips.
+serves() {
+    [[ "$2" != udp-echo || "$1" == rtt || "$1" == rtt-busy ]]
 }
 
 IFS=, read -r -a workloads <<<"$WORKLOADS"
 [[ ${#workloads[@]} -gt 0 ]] || die "WORKLOADS is empty"
 for w in "${workloads[@]}"; do
-    workload_args "$w" >/dev/null || die "unknown workload '$w' (bulk, rr, handshakes, resumed, 0rtt)"
+    workload_args "$w" >/dev/null ||
+        die "unknown workload '$w' (bulk, rr, handshakes, resumed, 0rtt, datagrams, rtt, rtt-busy)"
 done
 IFS=, read -r -a servers <<<"$SERVERS"
 [[ ${#servers[@]} -gt 0 ]] || die "SERVERS is empty"
 for s in "${servers[@]}"; do
-    [[ "$s" == quring || "$s" == quinn ]] || die "unknown server '$s' (quring, quinn)"
+    [[ "$s" == quring || "$s" == quinn || "$s" == udp-echo ]] ||
+        die "unknown server '$s' (quring, quinn, udp-echo)"
 done
+pairs=0
+for w in "${workloads[@]}"; do
+    for s in "${servers[@]}"; do
+        if serves "$w" "$s"; then
+            pairs=$((pairs + 1))
+        fi
+    done
+done
+((pairs > 0)) || die "nothing to run: udp-echo serves only the rtt workloads"
 
 for tool in python3 taskset timeout getconf awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found in PATH"
@@ -185,17 +217,20 @@ CLK_TCK="$(getconf CLK_TCK)"
 if [[ -n "${QURING_BIN:-}" && -n "${QUINN_PEER_BIN:-}" ]]; then
     QURING="$QURING_BIN"
     PEER="$QUINN_PEER_BIN"
+    UDP_RTT="${UDP_RTT_BIN:-$(dirname "$QUINN_PEER_BIN")/udp_rtt}"
 else
     command -v cargo >/dev/null 2>&1 || die "cargo not found in PATH"
-    note "building quring and the quinn peer (release)"
-    cargo build --release --bin quring --example quinn_peer >&2
+    note "building quring, the quinn peer and udp_rtt (release)"
+    cargo build --release --bin quring --example quinn_peer --example udp_rtt >&2
     target_dir="$(cargo metadata --format-version 1 --no-deps |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
     QURING="${QURING_BIN:-$target_dir/release/quring}"
     PEER="${QUINN_PEER_BIN:-$target_dir/release/examples/quinn_peer}"
+    UDP_RTT="${UDP_RTT_BIN:-$target_dir/release/examples/udp_rtt}"
 fi
 [[ -x "$QURING" ]] || die "$QURING was not built"
 [[ -x "$PEER" ]] || die "$PEER was not built"
+[[ -x "$UDP_RTT" ]] || die "$UDP_RTT was not built (set UDP_RTT_BIN)"
 "$QURING" load --help >/dev/null 2>&1 || die "$QURING has no \`load\` subcommand"
 
 stamp="$(date +%Y%m%d-%H%M%S)"
@@ -265,21 +300,27 @@ show_log() {
     fi
 }
 
-# Starts server $1 (quring or quinn) with its output in $2.{out,err}; sets server_pid and
-# server_addr.
+# Starts server $1 (quring, quinn or udp-echo) for workload $2 with its output in
+# $3.{out,err}; sets server_pid, server_addr and server_cmd.
 start_server() {
-    local kind="$1" log="$2" i line
-    local -a cmd
+    local kind="$1" workload="$2" log="$3" i line
+    local -a cmd busy=()
+    if [[ "$workload" == rtt-busy ]]; then
+        busy=(--busy-poll-us "$BUSY_POLL_US")
+    fi
     case "$kind" in
-        quring) cmd=("$QURING" serve --listen 127.0.0.1:0 --shards "$SHARDS" --app "echo,perf,discard") ;;
+        quring) cmd=("$QURING" serve --listen 127.0.0.1:0 --shards "$SHARDS" --app "echo,perf,discard" "${busy[@]}") ;;
         quinn) cmd=("$PEER" --listen 127.0.0.1:0 --threads "$SHARDS") ;;
+        udp-echo) cmd=("$QURING" serve --listen 127.0.0.1:0 --shards "$SHARDS" --app udp-echo "${busy[@]}") ;;
     esac
+    server_cmd="${cmd[*]}"
     # taskset execs the server, so $! is the server's own PID.
     taskset -c "$SERVER_CPUS" "${cmd[@]}" </dev/null >"$log.out" 2>"$log.err" &
     server_pid=$!
     server_addr=""
     for ((i = 0; i < STARTUP_SECS * 20; i++)); do
-        line="$(grep -m1 -o 'listening on [^ ,|]*' "$log.out" || true)"
+        # The log may not exist yet: the redirection happens in the background job.
+        line="$(grep -m1 -o 'listening on [^ ,|]*' "$log.out" 2>/dev/null || true)"
         if [[ -n "$line" ]]; then
             server_addr="${line#listening on }"
             return 0
@@ -326,169 +367,6 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a + b }'; }
 # ---------------------------------------------------------------------------------------------
 # Runs
 
-# The figures: `progress` prints the manifest's last run (to stderr), `report` writes the JSON
-# and prints the markdown tables.
-cat >"$scratch/report.py" <<'PY'
-import json
-import statistics
-import sys
-
-# workload: figure unit, CPU-per-unit unit, units per second of figure, CPU seconds scale
-UNITS = {
-    "bulk": ("Gbit/s", "ns/byte", lambda r: r * 1e9 / 8, 1e9),
-    "rr": ("requests/s", "µs/request", lambda r: r, 1e6),
-    "handshakes": ("connections/s", "µs/connection", lambda r: r, 1e6),
-    "resumed": ("connections/s", "µs/connection", lambda r: r, 1e6),
-    "0rtt": ("connections/s", "µs/connection", lambda r: r, 1e6),
-}
-
-
-def finite(x):
-    return x if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") else None
-
-
-def figure(workload, load):
-    if workload == "bulk":
-        return load["gbit_per_s"]
-    if workload == "rr":
-        return load["requests_per_s"]
-    return load["connections"]["per_s"]
-
-
-def records(manifest, hz):
-    out = []
-    with open(manifest) as f:
-        for line in f:
-            (run, w, s, path, rc, before, warm, end, after, t_warm, t_end,
-             cmd) = line.rstrip("\n").split("\t")
-            with open(path) as j:
-                load = json.load(j)
-            fig_unit, cost_unit, per_s, scale = UNITS[w]
-            window = float(t_end) - float(t_warm)
-            cpu = (int(end) - int(warm)) / hz
-            fig = figure(w, load)
-            units = per_s(fig) * window
-            out.append({
-                "run": int(run), "workload": w, "server": s, "exit_status": int(rc),
-                "load_command": cmd,
-                "figure": fig, "figure_unit": fig_unit,
-                "cpu_per_unit": finite(cpu * scale / units) if units > 0 else None,
-                "cpu_per_unit_unit": cost_unit,
-                "server_cpu": {
-                    "clk_tck": hz, "window_s": cpu, "window_wall_s": window,
-                    "window_busy": finite(cpu / window) if window > 0 else None,
-                    "total_s": (int(after) - int(before)) / hz,
-                    "ticks": {"before": int(before), "window_start": int(warm),
-                              "window_end": int(end), "after": int(after)},
-                },
-                "load": load,
-            })
-    return out
-
-
-def fmt(x, digits=2):
-    return "n/a" if x is None else f"{x:,.{digits}f}"
-
-
-def progress(argv):
-    manifest, hz, runs = argv
-    r = records(manifest, int(hz))[-1]
-    c = r["load"]["connections"]
-    busy = r["server_cpu"]["window_busy"]
-    print(f"  run {r['run']}/{runs} {r['workload']:<10} {r['server']:<6} "
-          f"{fmt(r['figure']):>12} {r['figure_unit']:<13} server CPU "
-          f"{fmt(r['cpu_per_unit'], 3):>9} {r['cpu_per_unit_unit']:<13} "
-          f"(busy {fmt(None if busy is None else busy * 100, 0)}%, resumed "
-          f"{c['resumed_pct']:.0f}%, 0-RTT {c['zero_rtt_pct']:.0f}%, "
-          f"errors {r['load']['errors']['total']})")
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def ratio(a, b):
-    return finite(a / b) if a is not None and b else None
-
-
-def report(argv):
-    (manifest, hz, runs, out, duration, warmup, shards, threads, server_cpus, load_cpus, rev,
-     stamp) = argv
-    runs_ = records(manifest, int(hz))
-    workloads, servers = [], []
-    for r in runs_:
-        if r["workload"] not in workloads:
-            workloads.append(r["workload"])
-        if r["server"] not in servers:
-            servers.append(r["server"])
-    summary, ratios = [], []
-    for w in workloads:
-        row = {}
-        for s in servers:
-            rs = [r for r in runs_ if r["workload"] == w and r["server"] == s]
-            if not rs:
-                continue
-            row[s] = {
-                "workload": w, "server": s, "runs": len(rs),
-                "figure": median([r["figure"] for r in rs]),
-                "figure_unit": rs[0]["figure_unit"],
-                "cpu_per_unit": median([r["cpu_per_unit"] for r in rs]),
-                "cpu_per_unit_unit": rs[0]["cpu_per_unit_unit"],
-                "resumed_pct": median([r["load"]["connections"]["resumed_pct"] for r in rs]),
-                "zero_rtt_pct": median([r["load"]["connections"]["zero_rtt_pct"] for r in rs]),
-                "errors": sum(r["load"]["errors"]["total"] for r in rs),
-            }
-            summary.append(row[s])
-        if "quring" in row and "quinn" in row:
-            q, n = row["quring"], row["quinn"]
-            ratios.append({
-                "workload": w,
-                "throughput_quring_over_quinn": ratio(q["figure"], n["figure"]),
-                "cpu_per_unit_quinn_over_quring": ratio(n["cpu_per_unit"], q["cpu_per_unit"]),
-            })
-    doc = {
-        "schema": "quring-bench-load/1",
-        "time": stamp,
-        "git": rev,
-        "config": {
-            "runs": int(runs), "duration_s": float(duration), "warmup_s": float(warmup),
-            "shards": int(shards), "load_threads": int(threads),
-            "server_cpus": server_cpus, "load_cpus": load_cpus,
-        },
-        "summary": summary,
-        "ratios": ratios,
-        "runs": runs_,
-    }
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-
-    print(f"### quring vs quinn under `quring load`: medians of {runs} run(s), {duration} s "
-          f"each after {warmup} s of warm-up\n")
-    print(f"{shards} server shard(s) / tokio worker thread(s) on CPUs {server_cpus}; "
-          f"{threads} load thread(s) on CPUs {load_cpus}. Server CPU per unit: utime + stime "
-          f"over the measured window, divided by the units served in it.\n")
-    print("| workload | server | throughput | server CPU per unit | resumed | 0-RTT | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in summary:
-        print(f"| {r['workload']} | {r['server']} | {fmt(r['figure'])} {r['figure_unit']} | "
-              f"{fmt(r['cpu_per_unit'], 3)} {r['cpu_per_unit_unit']} | "
-              f"{fmt(r['resumed_pct'], 0)}% | {fmt(r['zero_rtt_pct'], 0)}% | {r['errors']} |")
-    if ratios:
-        print("\n| workload | throughput quring/quinn (>1: quring faster) | "
-              "CPU per unit quinn/quring (>1: quring cheaper) |")
-        print("|---|---:|---:|")
-        for r in ratios:
-            print(f"| {r['workload']} | {fmt(r['throughput_quring_over_quinn'])}x | "
-                  f"{fmt(r['cpu_per_unit_quinn_over_quring'])}x |")
-    print(f"\nAll runs: {out}")
-
-
-if __name__ == "__main__":
-    {"progress": progress, "report": report}[sys.argv[1]](sys.argv[2:])
-PY
-
 manifest="$scratch/manifest.tsv"
 : >"$manifest"
 load_limit="$(awk -v w="$WARMUP" -v d="$DURATION" -v s="$LOAD_SLACK_SECS" \
@@ -507,11 +385,20 @@ for ((run = 1; run <= RUNS; run++)); do
     for w in "${workloads[@]}"; do
         read -r -a wargs <<<"$(workload_args "$w")"
         for s in "${order[@]}"; do
+            serves "$w" "$s" || continue
             base="$scratch/run$run-$w-$s"
-            start_server "$s" "$base.server"
+            start_server "$s" "$w" "$base.server"
             pid="$server_pid"
-            load_cmd=("$QURING" load "$server_addr" --threads "$THREADS" --duration "$DURATION"
-                --warmup "$WARMUP" --insecure --json "$base.json" "${wargs[@]}")
+            if [[ "$s" == udp-echo ]]; then
+                load_cmd=("$UDP_RTT" "$server_addr" --size 64 --duration "$DURATION"
+                    --warmup "$WARMUP" --json "$base.json")
+                if [[ "$w" == rtt-busy ]]; then
+                    load_cmd+=(--busy-poll-us "$BUSY_POLL_US")
+                fi
+            else
+                load_cmd=("$QURING" load "$server_addr" --threads "$THREADS" --duration "$DURATION"
+                    --warmup "$WARMUP" --insecure --json "$base.json" "${wargs[@]}")
+            fi
             before="$(cpu_ticks "$pid")" || die "$s server died before the $w run"
             t0="$(now)"
             taskset -c "$LOAD_CPUS" timeout -k 5 "$load_limit" "${load_cmd[@]}" \
@@ -533,25 +420,25 @@ for ((run = 1; run <= RUNS; run++)); do
                 0 | 1) ;;
                 124 | 137)
                     show_log "$base.load.err"
-                    die "quring load ($w against $s) ran past ${load_limit}s and was killed"
+                    die "the load client ($w against $s) ran past ${load_limit}s and was killed"
                     ;;
                 *)
                     show_log "$base.load.err"
-                    die "quring load ($w against $s) failed with status $rc: ${load_cmd[*]}"
+                    die "the load client ($w against $s) failed with status $rc: ${load_cmd[*]}"
                     ;;
             esac
             if [[ ! -s "$base.json" ]]; then
                 show_log "$base.load.err"
-                die "quring load wrote no $base.json"
+                die "the load client wrote no $base.json"
             fi
             if [[ "$rc" -eq 1 ]]; then
                 keep_scratch=1
                 note "warning: $w against $s had errors (see $base.json, $base.load.err)"
             fi
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$w" "$s" \
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$w" "$s" \
                 "$base.json" "$rc" "$before" "$warm" "$end" "$after" "$t_warm" "$t_end" \
-                "${load_cmd[*]}" >>"$manifest"
-            python3 "$scratch/report.py" progress "$manifest" "$CLK_TCK" "$RUNS" >&2 ||
+                "$server_cmd" "${load_cmd[*]}" >>"$manifest"
+            python3 "$ROOT/scripts/bench_report.py" progress "$manifest" "$CLK_TCK" "$RUNS" >&2 ||
                 die "cannot read $base.json"
         done
     done
@@ -562,5 +449,5 @@ done
 
 mkdir -p "$(dirname "$JSON")"
 git_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-python3 "$scratch/report.py" report "$manifest" "$CLK_TCK" "$RUNS" "$JSON" "$DURATION" \
-    "$WARMUP" "$SHARDS" "$THREADS" "$SERVER_CPUS" "$LOAD_CPUS" "$git_rev" "$stamp"
+python3 "$ROOT/scripts/bench_report.py" report "$manifest" "$CLK_TCK" "$RUNS" "$JSON" "$DURATION" \
+    "$WARMUP" "$SHARDS" "$THREADS" "$SERVER_CPUS" "$LOAD_CPUS" "$BUSY_POLL_US" "$git_rev" "$stamp"

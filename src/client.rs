@@ -121,6 +121,7 @@ impl ClientBuilder {
                 drain_timeout: self.drain_timeout,
                 log_handshakes: false,
                 busy_poll: self.busy_poll,
+                udp_echo: false,
             })
             .collect();
         // From the last core down, while a server's shards take the first cores up: a client

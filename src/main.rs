@@ -169,9 +169,11 @@ struct ServeArgs {
     /// Don't pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
-    /// Apps to serve, chosen per connection by ALPN (comma-separated).
+    /// Apps to serve, chosen per connection by ALPN (comma-separated); or `udp-echo` alone:
+    /// reflect raw UDP datagrams without QUIC, the physical limit for benchmarks.
     #[arg(long, value_name = "APP", value_delimiter = ',', default_value = "echo",
-          value_parser = clap::builder::PossibleValuesParser::new(quring::apps::NAMES))]
+          value_parser = clap::builder::PossibleValuesParser::new(
+              quring::apps::NAMES.iter().copied().chain([UDP_ECHO])))]
     app: Vec<String>,
     /// PEM certificate chain [default: a fresh self-signed certificate].
     #[arg(long, value_name = "PEM", requires = "key")]
@@ -234,6 +236,9 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
 }
+
+/// The `--app` value that makes `serve` a raw UDP reflector ([`quring::ServerBuilder::udp_echo`]).
+const UDP_ECHO: &str = "udp-echo";
 
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -327,7 +332,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     if let Some(n) = args.shards {
         builder = builder.shards(usize::from(n));
     }
-    for name in &args.app {
+    let udp_echo = args.app.iter().any(|name| name == UDP_ECHO);
+    if udp_echo {
+        builder = builder.udp_echo();
+    }
+    for name in args.app.iter().filter(|name| *name != UDP_ECHO) {
         let app = quring::apps::by_name(name)
             .ok_or_else(|| Error::Config(format!("--app: unknown app '{name}'")))?;
         builder = builder.app(app);
@@ -358,16 +367,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         std::fs::write(path, &server.identity().cert_pem)
             .map_err(|e| Error::File(path.clone(), e.to_string()))?;
     }
-    println!(
-        "quring: certificate {}sha256 {}",
-        if self_signed {
-            format!("self-signed for {}, ", SELF_SIGNED_NAMES.join(", "))
-        } else {
-            String::new()
-        },
-        server.identity().fingerprint()
-    );
-    println!("{}", startup_line(&server, !args.no_pin));
+    if !udp_echo {
+        println!(
+            "quring: certificate {}sha256 {}",
+            if self_signed {
+                format!("self-signed for {}, ", SELF_SIGNED_NAMES.join(", "))
+            } else {
+                String::new()
+            },
+            server.identity().fingerprint()
+        );
+    }
+    println!("{}", startup_line(&server, !args.no_pin, udp_echo));
     if let Some(warning) = tune::buffer_warning(server.socket_buffers(), tune::read_sysctl) {
         eprintln!("{warning}");
     }
@@ -421,7 +432,7 @@ fn tune(args: &TuneArgs) -> ExitCode {
     }
 }
 
-fn startup_line(server: &Server, pinned: bool) -> String {
+fn startup_line(server: &Server, pinned: bool, udp_echo: bool) -> String {
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let o = server.offloads();
     let mut features = vec!["multishot-recvmsg"];
@@ -435,19 +446,23 @@ fn startup_line(server: &Server, pinned: bool) -> String {
             features.push(name);
         }
     }
-    let alpns: Vec<String> = server
-        .alpns()
-        .iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let serves = if udp_echo {
+        format!("app {UDP_ECHO} (raw UDP, no QUIC)")
+    } else {
+        let alpns: Vec<String> = server
+            .alpns()
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        format!("alpn {}", alpns.join(","))
+    };
     format!(
-        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | alpn {}",
+        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | {serves}",
         addrs.join(", "),
         server.shard_count(),
         if pinned { " (pinned)" } else { "" },
         server.steering(),
         features.join(" "),
-        alpns.join(",")
     )
 }
 

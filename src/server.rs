@@ -39,6 +39,7 @@ pub struct ServerBuilder {
     zero_rtt: bool,
     log_handshakes: bool,
     busy_poll: Duration,
+    udp_echo: bool,
 }
 
 impl ServerBuilder {
@@ -164,6 +165,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves raw UDP echo instead of QUIC, as the physical-limit reference for benchmarks:
+    /// every datagram goes straight back to its sender from the address it arrived on (a GRO
+    /// batch as one GSO send of the same segment size), through the same sockets, io_uring
+    /// datapath and counters as QUIC, with no QUIC, TLS or app in between. A reflector, not a
+    /// service: a reply that finds no free send slot is dropped and counted
+    /// (`drop_no_send_slot`). Datagrams are not steered by connection ID (the kernel's
+    /// 4-tuple hash keeps each flow on one shard), and the QUIC settings (identity, tickets,
+    /// limits, steering) have no effect. [`ServerBuilder::start`] fails if apps were added too.
+    pub fn udp_echo(mut self) -> Self {
+        self.udp_echo = true;
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let shards = self
@@ -174,7 +188,13 @@ impl ServerBuilder {
                 "--shards: {shards} is out of range (1 to 256)"
             )));
         }
-        if self.apps.is_empty() {
+        if self.udp_echo && !self.apps.is_empty() {
+            return Err(Error::Config(
+                "--app udp-echo reflects raw UDP without QUIC and cannot be combined with QUIC apps"
+                    .into(),
+            ));
+        }
+        if self.apps.is_empty() && !self.udp_echo {
             return Err(Error::Config("no app to serve".into()));
         }
         let alpns: Vec<Vec<u8>> = self.apps.iter().map(|a| a.alpn().to_vec()).collect();
@@ -199,12 +219,16 @@ impl ServerBuilder {
             tickets: self.tickets,
             zero_rtt: self.zero_rtt,
         };
-        let server_config = Arc::new(tls::server_config_with(
-            &identity,
-            alpns.clone(),
-            self.idle_timeout,
-            &resumption,
-        )?);
+        let server_config = if self.udp_echo {
+            None
+        } else {
+            Some(Arc::new(tls::server_config_with(
+                &identity,
+                alpns.clone(),
+                self.idle_timeout,
+                &resumption,
+            )?))
+        };
         let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
 
         let requested = if self.listen.is_empty() {
@@ -241,6 +265,7 @@ impl ServerBuilder {
         }
 
         let steering = match self.steering {
+            _ if self.udp_echo => Steering::None,
             Steering::None => Steering::None,
             Steering::Bpf => {
                 let program = steering::program(&layout);
@@ -278,7 +303,7 @@ impl ServerBuilder {
                 open_total: open_total.clone(),
                 max_conns: self.max_conns,
                 max_handshakes: self.max_handshakes,
-                server_config: Some(server_config.clone()),
+                server_config: server_config.clone(),
                 client_config: None,
                 apps: self.apps.clone(),
                 driver: None,
@@ -288,6 +313,7 @@ impl ServerBuilder {
                 drain_timeout: self.drain_timeout,
                 log_handshakes: self.log_handshakes,
                 busy_poll: self.busy_poll,
+                udp_echo: self.udp_echo,
             })
             .collect();
         let cores = if self.pin {
@@ -355,6 +381,7 @@ impl Server {
             zero_rtt: true,
             log_handshakes: false,
             busy_poll: Duration::ZERO,
+            udp_echo: false,
         }
     }
 

@@ -146,7 +146,8 @@ shard_stats! {
     /// Datagrams the endpoint answered without a connection (version negotiation,
     /// stateless reset).
     stateless_responses,
-    /// Dropped: a stateless response found no free send slot.
+    /// Dropped: a stateless response, or a datagram a udp-echo server reflects, found no free
+    /// send slot.
     drop_no_send_slot,
     /// Receive re-armed after the kernel ran out of provided buffers.
     rx_buffer_exhausted,

@@ -120,6 +120,8 @@ pub(crate) struct ShardParams {
     pub log_handshakes: bool,
     /// How long to spin on the ring before blocking (zero: never spin).
     pub busy_poll: Duration,
+    /// Reflect every datagram to its sender without QUIC (see [`Shard::reflect`]).
+    pub udp_echo: bool,
 }
 
 struct Entry {
@@ -207,6 +209,8 @@ pub(crate) struct Shard {
     drain_deadline: Option<Instant>,
     /// Slots of the driver's connections by sequence number.
     dialed: HashMap<u64, usize>,
+    /// Raw UDP echo instead of QUIC.
+    udp_echo: bool,
 }
 
 impl Shard {
@@ -259,6 +263,7 @@ impl Shard {
             driver_done: false,
             drain_deadline: None,
             dialed: HashMap::new(),
+            udp_echo: p.udp_echo,
         })
     }
 
@@ -367,6 +372,10 @@ impl Shard {
             Some(EcnCodepoint::Ce) => self.stats.rx_ecn_ce.add(segments as u64),
             None => {}
         }
+        if self.udp_echo {
+            self.reflect(socket, src, meta, &data, segment);
+            return;
+        }
         while !data.is_empty() {
             let datagram = data.split_to(segment.min(data.len()));
             match steering::owner(&self.layout, &datagram) {
@@ -456,6 +465,59 @@ impl Shard {
                 self.send_response(socket, t);
             }
             None => self.stats.drop_invalid.add(1),
+        }
+    }
+
+    /// Raw UDP echo (`quring serve --app udp-echo`): sends a received datagram or GRO batch
+    /// straight back to its sender, from the socket and local address it arrived on, with its
+    /// ECN bits, as one GSO send of the same segment size (several when GSO is off or the
+    /// batch exceeds one send). It is a benchmark reflector: with no free send slot the
+    /// datagrams are dropped and counted (`drop_no_send_slot`), never queued. One datagram
+    /// larger than a send slot (over 65,507 bytes: IPv6 only) cannot go back and counts as a
+    /// send error (`tx_errors`), as the kernel's refusal of one over the path MTU does.
+    fn reflect(
+        &mut self,
+        socket: usize,
+        src: SocketAddr,
+        meta: RecvMeta,
+        data: &[u8],
+        segment: usize,
+    ) {
+        if segment > crate::datapath::MAX_GSO_BYTES {
+            // Only an IPv6 datagram can be this large, and no send slot holds it.
+            self.stats.tx_errors.add(1);
+            return;
+        }
+        let per_send = segment * self.datapath.max_segments(segment);
+        let mut rest = data;
+        // At least one send: an empty datagram is echoed too.
+        loop {
+            let (batch, tail) = rest.split_at(per_send.min(rest.len()));
+            rest = tail;
+            let sent = self.datapath.send(socket, |buf| {
+                buf.extend_from_slice(batch);
+                Some(Transmit {
+                    destination: src,
+                    ecn: EcnCodepoint::from_bits(meta.ecn),
+                    size: batch.len(),
+                    segment_size: Some(segment),
+                    src_ip: meta.dst_ip,
+                })
+            });
+            match sent {
+                Ok(SendOutcome::Sent) => {}
+                Ok(_) => self
+                    .stats
+                    .drop_no_send_slot
+                    .add(batch.len().div_ceil(segment).max(1) as u64),
+                Err(e) => {
+                    self.stats.tx_errors.add(1);
+                    tracing::warn!(shard = self.index, error = %e, "submitting an echo failed");
+                }
+            }
+            if rest.is_empty() {
+                return;
+            }
         }
     }
 
