@@ -26,7 +26,12 @@ fn push_cmsg(buf: &mut Vec<u8>, level: i32, kind: i32, data: &[u8]) {
 /// What a GRO batch to 127.0.0.1 with ECT(0) carries: UDP_GRO, IP_TOS and IP_PKTINFO.
 fn received_control() -> Vec<u8> {
     let mut buf = Vec::new();
-    push_cmsg(&mut buf, libc::SOL_UDP, libc::UDP_GRO, &1200i32.to_ne_bytes());
+    push_cmsg(
+        &mut buf,
+        libc::SOL_UDP,
+        libc::UDP_GRO,
+        &1200i32.to_ne_bytes(),
+    );
     push_cmsg(&mut buf, libc::IPPROTO_IP, libc::IP_TOS, &[0b10]);
     let mut pktinfo = [0u8; 12];
     pktinfo[8..].copy_from_slice(&[127, 0, 0, 1]);

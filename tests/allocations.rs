@@ -246,6 +246,14 @@ fn steady_state(name: &str, protocol: Protocol, short: u64, long: u64, response:
     for ((_, stack), d) in ours.iter().take(5) {
         println!("  quring site, {d} extra:\n      {stack}");
     }
+    let per = |owner| owners.get(&owner).copied().unwrap_or(0) as f64 / extra as f64;
+    println!(
+        "allocations per datagram, {name}: quring shards {:.4}, load generator {:.4}, quinn-proto {:.4}, rustls {:.4}",
+        per(Owner::Shard).max(0.0),
+        per(Owner::Load),
+        per(Owner::QuinnProto),
+        per(Owner::Rustls),
+    );
     let total = owners.get(&Owner::Shard).copied().unwrap_or(0);
     assert!(
         total <= 0,
