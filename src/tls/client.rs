@@ -95,7 +95,7 @@ pub fn client_config(c: &ClientTls) -> Result<quinn_proto::ClientConfig, Error> 
             "0-RTT needs session tickets: give the client a ticket store".into(),
         ));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?;
