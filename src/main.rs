@@ -147,6 +147,10 @@ struct LoadArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
+    /// Write a qlog file per connection into DIR (created if missing), named
+    /// client-<pid>-<shard>.<seq>.sqlog; for debugging: it slows every packet.
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -233,6 +237,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; port 0 picks one.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Write a qlog file per connection into DIR (created if missing), named
+    /// server-<pid>-<shard>.<seq>.sqlog; for debugging: it slows every packet.
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -320,6 +328,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     }
     if let Some(n) = args.max_handshakes {
         builder = builder.max_handshakes(n);
+    }
+    if let Some(dir) = &args.qlog_dir {
+        builder = builder.qlog_dir(dir.clone());
     }
     for addr in &args.listen {
         builder = builder.listen(*addr);
@@ -519,6 +530,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, Error> {
             .into_bytes(),
         trust,
         busy_poll: Duration::from_micros(u64::from(args.busy_poll_us)),
+        qlog_dir: args.qlog_dir.clone(),
     };
     config.validate()?;
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,7 @@
 //! Starting, observing and stopping a server: the shards, their sockets and threads.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use crate::app::AppFactory;
 use crate::datapath::{self, socket, Offloads, SocketBuffers};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Steering};
-use crate::shard::{self, ShardParams, ShardThreads};
+use crate::shard::{self, QlogDir, Role, ShardParams, ShardThreads};
 use crate::stats::{ShardStats, StatsSnapshot};
 use crate::tls::{self, Identity, TicketCache};
 
@@ -39,6 +40,7 @@ pub struct ServerBuilder {
     zero_rtt: bool,
     log_handshakes: bool,
     busy_poll: Duration,
+    qlog_dir: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -164,6 +166,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Writes a qlog file for each connection into `dir`, created if missing (default: no
+    /// qlog). A file is named `server-<pid>-<shard>.<seq>.sqlog` after the process and the
+    /// connection's [`crate::app::ConnId`], holds qlog JSON-SEQ records (the header, then the
+    /// packets sent, received and lost and the recovery metrics, each tagged with the
+    /// connection's original destination CID) and is complete once the connection has left
+    /// its shard. It is written on the shard thread through a 64 KiB buffer; each packet's
+    /// event costs time, so this is for debugging, not for benchmarks. [`ServerBuilder::start`]
+    /// fails if `dir` cannot be created or written; a file that cannot be created or written
+    /// later is counted (`qlog_failed`) and logged, and its connection goes on.
+    pub fn qlog_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.qlog_dir = Some(dir.into());
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let shards = self
@@ -205,6 +221,14 @@ impl ServerBuilder {
             self.idle_timeout,
             &resumption,
         )?);
+        let qlog = match self.qlog_dir {
+            Some(dir) => {
+                let idle = tls::idle_timeout(self.idle_timeout)?;
+                let transport = Arc::new(move || tls::transport_config(idle));
+                Some(QlogDir::new(dir, Role::Server, transport)?)
+            }
+            None => None,
+        };
         let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
 
         let requested = if self.listen.is_empty() {
@@ -288,6 +312,7 @@ impl ServerBuilder {
                 drain_timeout: self.drain_timeout,
                 log_handshakes: self.log_handshakes,
                 busy_poll: self.busy_poll,
+                qlog: qlog.clone(),
             })
             .collect();
         let cores = if self.pin {
@@ -308,6 +333,7 @@ impl ServerBuilder {
             alpns,
             steering,
             ticket_cache,
+            qlog_dir: qlog.map(|q| q.path().to_path_buf()),
         })
     }
 }
@@ -331,6 +357,7 @@ pub struct Server {
     alpns: Vec<Vec<u8>>,
     steering: Steering,
     ticket_cache: Arc<TicketCache>,
+    qlog_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -355,6 +382,7 @@ impl Server {
             zero_rtt: true,
             log_handshakes: false,
             busy_poll: Duration::ZERO,
+            qlog_dir: None,
         }
     }
 
@@ -398,6 +426,11 @@ impl Server {
     /// ALPN protocols served, one per app.
     pub fn alpns(&self) -> &[Vec<u8>] {
         &self.alpns
+    }
+
+    /// The directory connections write their qlog files into ([`ServerBuilder::qlog_dir`]).
+    pub fn qlog_dir(&self) -> Option<&Path> {
+        self.qlog_dir.as_deref()
     }
 
     /// Current counters, one snapshot per shard.

@@ -7,10 +7,12 @@
 //! app, then transmit what the connections have to send, until the send slots run out.
 
 mod closing;
+mod qlog;
 mod threads;
 mod timers;
 
 pub(crate) use closing::CloseAwareFactory;
+pub(crate) use qlog::{QlogDir, Role, TransportFactory};
 pub(crate) use threads::ShardThreads;
 
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ use crate::error::Error;
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
 use crossbeam_channel::Receiver;
+use qlog::ShardQlog;
 use timers::Timers;
 
 /// Error code and reason of the close every connection gets at shutdown.
@@ -122,6 +125,8 @@ pub(crate) struct ShardParams {
     pub log_handshakes: bool,
     /// How long to spin on the ring before blocking (zero: never spin).
     pub busy_poll: Duration,
+    /// Where each connection writes its qlog (none: no qlog, no per-connection config).
+    pub qlog: Option<QlogDir>,
 }
 
 struct Entry {
@@ -207,6 +212,7 @@ pub(crate) struct Shard {
     driver_done: bool,
     /// Slots of the driver's connections by sequence number.
     dialed: HashMap<u64, usize>,
+    qlog: Option<ShardQlog>,
 }
 
 impl Shard {
@@ -219,6 +225,9 @@ impl Shard {
             p.stats.clone(),
             p.busy_poll,
         )?;
+        let qlog = p
+            .qlog
+            .map(|dir| ShardQlog::new(dir, p.index, p.stats.clone(), p.server_config.clone()));
         let endpoint = Endpoint::new(p.endpoint_config, p.server_config, true, None);
         let apps = p
             .apps
@@ -258,6 +267,7 @@ impl Shard {
             driver_wake: None,
             driver_done: false,
             dialed: HashMap::new(),
+            qlog,
         })
     }
 
@@ -428,12 +438,18 @@ impl Shard {
                     }
                     return;
                 }
+                let id = self.next_id();
+                // Only with a qlog does a connection get a configuration of its own.
+                let config = self
+                    .qlog
+                    .as_ref()
+                    .and_then(|q| q.server_config(id, &incoming, now));
                 match self
                     .endpoint
-                    .accept(incoming, now, &mut self.response, None)
+                    .accept(incoming, now, &mut self.response, config)
                 {
                     Ok((handle, conn)) => {
-                        self.insert(handle, conn, socket, now, Listener::Nobody);
+                        self.insert(handle, conn, id, socket, now, Listener::Nobody);
                     }
                     Err(e) => {
                         self.stats.drop_bad_initial.add(1);
@@ -485,23 +501,29 @@ impl Shard {
         }
     }
 
-    fn insert(
-        &mut self,
-        handle: ConnectionHandle,
-        conn: quinn_proto::Connection,
-        socket: usize,
-        now: Instant,
-        listener: Listener,
-    ) -> ConnId {
-        let slot = handle.0;
-        if self.conns.len() <= slot {
-            self.conns.resize_with(slot + 1, || None);
-        }
+    /// The id of the next connection (an attempt that fails leaves its number unused).
+    fn next_id(&mut self) -> ConnId {
         let id = ConnId {
             shard: self.index as u16,
             seq: self.next_seq,
         };
         self.next_seq += 1;
+        id
+    }
+
+    fn insert(
+        &mut self,
+        handle: ConnectionHandle,
+        conn: quinn_proto::Connection,
+        id: ConnId,
+        socket: usize,
+        now: Instant,
+        listener: Listener,
+    ) {
+        let slot = handle.0;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
         self.open += 1;
         self.open_total.fetch_add(1, Ordering::Relaxed);
         self.stats.conns_open.set(self.open as u64);
@@ -526,7 +548,6 @@ impl Shard {
             self.handshaking += 1;
         }
         mark_dirty(&mut self.dirty, entry, slot);
-        id
     }
 
     /// Closes every connection with the shutdown code and reason.
@@ -844,14 +865,18 @@ impl Control<'_> {
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
         let shard = &mut *self.shard;
-        let config = shard
+        let mut config = shard
             .client_config
             .clone()
             .ok_or(ConnectError::NoDefaultClientConfig)?;
+        let id = shard.next_id();
+        if let Some(qlog) = &shard.qlog {
+            qlog.attach_client(&mut config, id, remote, server_name, self.now);
+        }
         let (handle, conn) = shard
             .endpoint
             .connect(self.now, config, remote, server_name)?;
-        let id = shard.insert(handle, conn, 0, self.now, Listener::Driver);
+        shard.insert(handle, conn, id, 0, self.now, Listener::Driver);
         shard.dialed.insert(id.seq, handle.0);
         Ok(id)
     }
