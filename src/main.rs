@@ -282,13 +282,7 @@ fn parse_server_id(s: &str) -> Result<ServerId, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load(args),
@@ -301,6 +295,31 @@ fn main() -> ExitCode {
             eprintln!("quring: error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `warn`; for example
+/// `RUST_LOG=info`, or `RUST_LOG=quring=debug,quinn_proto=info`), in colour on a terminal.
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let default = || EnvFilter::new("warn");
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(text) => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (default(), Some((text, e))),
+        },
+        Err(_) => (default(), None),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if let Some((text, e)) = bad {
+        tracing::warn!(
+            "RUST_LOG={text:?} is not a log filter ({e}); logging warnings only. Fix it, for \
+             example RUST_LOG=info or RUST_LOG=quring=debug,quinn_proto=info"
+        );
     }
 }
 
@@ -378,12 +397,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         },
         server.identity().fingerprint()
     );
-    println!("{}", startup_line(&server, !args.no_pin));
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr());
+    println!("{}", startup_line(&server, &args, metrics_addr));
     if let Some(warning) = tune::buffer_warning(server.socket_buffers(), tune::read_sysctl) {
-        eprintln!("{warning}");
-    }
-    if let Some(metrics) = &metrics {
-        println!("quring: metrics on http://{}/metrics", metrics.local_addr());
+        tracing::warn!("{warning}");
     }
 
     let ticker = if args.stats_interval > 0.0 {
@@ -399,7 +416,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
                 println!("stats tickets {}", server.ticket_cache().stats());
             }
             recv(server.shard_exited()) -> index => {
-                eprintln!("quring: error: shard {} stopped unexpectedly; shutting down", index.unwrap_or(0));
+                tracing::error!(
+                    "shard {} stopped while serving; shutting the server down (its error \
+                     follows on exit)",
+                    index.unwrap_or(0)
+                );
                 break ExitCode::FAILURE;
             }
         }
@@ -432,7 +453,9 @@ fn tune(args: &TuneArgs) -> ExitCode {
     }
 }
 
-fn startup_line(server: &Server, pinned: bool) -> String {
+/// The one start-up summary line: addresses, shards, steering, datapath features, ALPNs,
+/// resumption, limits, and the metrics address and qlog directory when they are on.
+fn startup_line(server: &Server, args: &ServeArgs, metrics: Option<SocketAddr>) -> String {
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let o = server.offloads();
     let mut features = vec!["multishot-recvmsg"];
@@ -451,15 +474,40 @@ fn startup_line(server: &Server, pinned: bool) -> String {
         .iter()
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    format!(
-        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | alpn {}",
+    let tickets = if args.tickets == 0 {
+        "tickets off".to_string()
+    } else {
+        format!(
+            "tickets {} per handshake, cache {}, 0-RTT {}",
+            args.tickets,
+            args.ticket_capacity,
+            if args.no_0rtt { "off" } else { "on" }
+        )
+    };
+    let limit = |n: Option<usize>| n.map_or("unlimited".to_string(), |n| n.to_string());
+    let mut line = format!(
+        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | alpn {} \
+         | {tickets} | max-conns {}, max-handshakes {} per shard, idle {}s",
         addrs.join(", "),
         server.shard_count(),
-        if pinned { " (pinned)" } else { "" },
+        if args.no_pin { "" } else { " (pinned)" },
         server.steering(),
         features.join(" "),
-        alpns.join(",")
-    )
+        alpns.join(","),
+        limit(args.max_conns),
+        limit(args.max_handshakes),
+        args.idle_timeout
+    );
+    if args.busy_poll_us > 0 {
+        line += &format!(" | busy-poll {} us", args.busy_poll_us);
+    }
+    if let Some(addr) = metrics {
+        line += &format!(" | metrics http://{addr}/metrics");
+    }
+    if let Some(dir) = server.qlog_dir() {
+        line += &format!(" | qlog {}", dir.display());
+    }
+    line
 }
 
 fn print_stats(shards: &[StatsSnapshot]) {

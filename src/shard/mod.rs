@@ -480,7 +480,12 @@ impl Shard {
             Ok(_) => self.stats.drop_no_send_slot.add(1),
             Err(e) => {
                 self.stats.tx_errors.add(1);
-                tracing::warn!(shard = self.index, error = %e, "submitting a response failed");
+                tracing::warn!(
+                    shard = self.index,
+                    "submitting a stateless response to the ring failed ({e}); it is dropped \
+                     (counted in tx_errors) and the peer will retry. If this repeats, the \
+                     shard's ring is failing: check the kernel log (dmesg) and restart quring"
+                );
             }
         }
     }
@@ -681,7 +686,11 @@ impl Shard {
 /// its app hears nothing more of it but its close.
 fn app_panicked(entry: &mut Entry, now: Instant, stats: &ShardStats) {
     stats.app_panics.add(1);
-    tracing::error!(conn = %entry.id, "the app panicked; closing the connection");
+    tracing::error!(
+        conn = %entry.id,
+        "the app panicked (the panic message is above); the connection is closed with \
+         APP_PANIC_CODE and the shard goes on. Fix the app's callback"
+    );
     entry.panicked = true;
     entry
         .conn
