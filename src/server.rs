@@ -168,10 +168,9 @@ impl ServerBuilder {
 
     /// Writes a qlog file for each connection into `dir`, created if missing (default: no
     /// qlog). A file is named `server-<pid>-<shard>.<seq>.sqlog` after the process and the
-    /// connection's [`crate::app::ConnId`], holds qlog JSON-SEQ records (the header, then the
-    /// packets sent, received and lost and the recovery metrics, each tagged with the
-    /// connection's original destination CID) and is complete once the connection has left
-    /// its shard. It is written on the shard thread through a 64 KiB buffer; each packet's
+    /// connection's [`crate::app::ConnId`], holds qlog JSON-SEQ records (a header naming the
+    /// client and its original destination CID, then the packets sent, received and lost and
+    /// the recovery metrics) and is complete once the connection has left its shard. It is written on the shard thread through a 64 KiB buffer; each packet's
     /// event costs time, so this is for debugging, not for benchmarks. [`ServerBuilder::start`]
     /// fails if `dir` cannot be created or written; a file that cannot be created or written
     /// later is counted (`qlog_failed`) and logged, and its connection goes on.

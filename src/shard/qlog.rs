@@ -10,8 +10,9 @@
 //! and the connection's [`ConnId`] as the app API and `--log-handshakes` show it (`0.17`).
 //! Its format is qlog's JSON-SEQ (RFC 7464): records that each start with an ASCII RS (0x1e)
 //! and end with a newline. The first record is the header (`qlog_format` `JSON-SEQ`, a title
-//! naming the connection, a description naming its peer); each further one is an event whose
-//! `group_id` is the connection's original destination CID, the one the client chose.
+//! naming the connection, a description naming its peer and, on a server, the client's
+//! original destination CID); each further one is an event, whose `group_id` quinn-proto sets
+//! to the peer's first source CID (on a client, the CID it chose until the server's answers).
 //!
 //! Files are written on the shard thread through a [`BUFFER`]-byte buffer: a `write(2)`
 //! whenever it fills, and the rest when the connection leaves the shard's table (drained,
