@@ -3,6 +3,7 @@
 //! connections and hears their events; `quring load` is such a driver.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::app::DriverFactory;
 use crate::datapath::{self, socket, Offloads};
 use crate::error::Error;
 use crate::routing::CidLayout;
-use crate::shard::{self, ShardParams, ShardThreads};
+use crate::shard::{self, QlogDir, Role, ShardParams, ShardThreads, TransportFactory};
 use crate::stats::{ShardStats, StatsSnapshot};
 
 /// Configures and starts a [`Client`].
@@ -25,6 +26,7 @@ pub struct ClientBuilder {
     bind: SocketAddr,
     drain_timeout: Duration,
     busy_poll: Duration,
+    qlog: Option<(PathBuf, TransportFactory)>,
 }
 
 impl ClientBuilder {
@@ -61,6 +63,22 @@ impl ClientBuilder {
         self
     }
 
+    /// Writes a qlog file for each connection into `dir`, created if missing (default: no
+    /// qlog), as [`crate::ServerBuilder::qlog_dir`] does, named
+    /// `client-<pid>-<shard>.<seq>.sqlog`. quinn-proto attaches the file through the
+    /// connection's transport configuration, which cannot be copied out of the client
+    /// configuration, so `transport` must make the same one that configuration holds: for one
+    /// from [`crate::tls::client_config`], `move || quring::tls::transport_config(idle)` with
+    /// `idle = quring::tls::idle_timeout(tls.idle_timeout)?`.
+    pub fn qlog_dir(
+        mut self,
+        dir: impl Into<PathBuf>,
+        transport: impl Fn() -> quinn_proto::TransportConfig + Send + Sync + 'static,
+    ) -> Self {
+        self.qlog = Some((dir.into(), Arc::new(transport)));
+        self
+    }
+
     /// Binds every shard's socket and starts the shards; each builds its driver and starts
     /// polling it at once.
     pub fn start(self) -> Result<Client, Error> {
@@ -73,6 +91,10 @@ impl ClientBuilder {
             )));
         }
         datapath::probe().map_err(Error::IoUring)?;
+        let qlog = match self.qlog {
+            Some((dir, transport)) => Some(QlogDir::new(dir, Role::Client, transport)?),
+            None => None,
+        };
         // Client CIDs name their shard like a server's: every datagram a server sends to a
         // shard's socket carries that shard's CID, so none is ever handed off.
         let layout = CidLayout::new(threads, 0, Vec::new())?;
@@ -122,6 +144,7 @@ impl ClientBuilder {
                 log_handshakes: false,
                 busy_poll: self.busy_poll,
                 udp_echo: false,
+                qlog: qlog.clone(),
             })
             .collect();
         // From the last core down, while a server's shards take the first cores up: a client
@@ -168,6 +191,7 @@ impl Client {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             drain_timeout: Duration::from_secs(2),
             busy_poll: Duration::ZERO,
+            qlog: None,
         }
     }
 

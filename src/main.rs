@@ -147,6 +147,10 @@ struct LoadArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
+    /// Write a qlog file per connection into DIR (created if missing), named
+    /// client-<pid>-<shard>.<seq>.sqlog; for debugging: it slows every packet.
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -235,6 +239,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; port 0 picks one.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Write a qlog file per connection into DIR (created if missing), named
+    /// server-<pid>-<shard>.<seq>.sqlog; for debugging: it slows every packet.
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
 }
 
 /// The `--app` value that makes `serve` a raw UDP reflector ([`quring::ServerBuilder::udp_echo`]).
@@ -279,13 +287,7 @@ fn parse_server_id(s: &str) -> Result<ServerId, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load(args),
@@ -298,6 +300,31 @@ fn main() -> ExitCode {
             eprintln!("quring: error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `warn`; for example
+/// `RUST_LOG=info`, or `RUST_LOG=quring=debug,quinn_proto=info`), in colour on a terminal.
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let default = || EnvFilter::new("warn");
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(text) => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (default(), Some((text, e))),
+        },
+        Err(_) => (default(), None),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if let Some((text, e)) = bad {
+        tracing::warn!(
+            "RUST_LOG={text:?} is not a log filter ({e}); logging warnings only. Fix it, for \
+             example RUST_LOG=info or RUST_LOG=quring=debug,quinn_proto=info"
+        );
     }
 }
 
@@ -325,6 +352,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
     }
     if let Some(n) = args.max_handshakes {
         builder = builder.max_handshakes(n);
+    }
+    if let Some(dir) = &args.qlog_dir {
+        builder = builder.qlog_dir(dir.clone());
     }
     for addr in &args.listen {
         builder = builder.listen(*addr);
@@ -378,12 +408,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
             server.identity().fingerprint()
         );
     }
-    println!("{}", startup_line(&server, !args.no_pin, udp_echo));
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr());
+    println!("{}", startup_line(&server, &args, metrics_addr, udp_echo));
     if let Some(warning) = tune::buffer_warning(server.socket_buffers(), tune::read_sysctl) {
-        eprintln!("{warning}");
-    }
-    if let Some(metrics) = &metrics {
-        println!("quring: metrics on http://{}/metrics", metrics.local_addr());
+        tracing::warn!("{warning}");
     }
 
     let ticker = if args.stats_interval > 0.0 {
@@ -399,7 +427,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
                 println!("stats tickets {}", server.ticket_cache().stats());
             }
             recv(server.shard_exited()) -> index => {
-                eprintln!("quring: error: shard {} stopped unexpectedly; shutting down", index.unwrap_or(0));
+                tracing::error!(
+                    "shard {} stopped while serving; shutting the server down (its error \
+                     follows on exit)",
+                    index.unwrap_or(0)
+                );
                 break ExitCode::FAILURE;
             }
         }
@@ -432,7 +464,15 @@ fn tune(args: &TuneArgs) -> ExitCode {
     }
 }
 
-fn startup_line(server: &Server, pinned: bool, udp_echo: bool) -> String {
+/// The one start-up summary line: addresses, shards, steering, datapath features, what is
+/// served (ALPNs, resumption and limits; or raw UDP echo), and the metrics address and qlog
+/// directory when they are on.
+fn startup_line(
+    server: &Server,
+    args: &ServeArgs,
+    metrics: Option<SocketAddr>,
+    udp_echo: bool,
+) -> String {
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let o = server.offloads();
     let mut features = vec!["multishot-recvmsg"];
@@ -454,16 +494,43 @@ fn startup_line(server: &Server, pinned: bool, udp_echo: bool) -> String {
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        format!("alpn {}", alpns.join(","))
+        let tickets = if args.tickets == 0 {
+            "tickets off".to_string()
+        } else {
+            format!(
+                "tickets {} per handshake, cache {}, 0-RTT {}",
+                args.tickets,
+                args.ticket_capacity,
+                if args.no_0rtt { "off" } else { "on" }
+            )
+        };
+        let limit = |n: Option<usize>| n.map_or("unlimited".to_string(), |n| n.to_string());
+        format!(
+            "alpn {} | {tickets} | max-conns {}, max-handshakes {} per shard, idle {}s",
+            alpns.join(","),
+            limit(args.max_conns),
+            limit(args.max_handshakes),
+            args.idle_timeout
+        )
     };
-    format!(
+    let mut line = format!(
         "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | {serves}",
         addrs.join(", "),
         server.shard_count(),
-        if pinned { " (pinned)" } else { "" },
+        if args.no_pin { "" } else { " (pinned)" },
         server.steering(),
         features.join(" "),
-    )
+    );
+    if args.busy_poll_us > 0 {
+        line += &format!(" | busy-poll {} us", args.busy_poll_us);
+    }
+    if let Some(addr) = metrics {
+        line += &format!(" | metrics http://{addr}/metrics");
+    }
+    if let Some(dir) = server.qlog_dir() {
+        line += &format!(" | qlog {}", dir.display());
+    }
+    line
 }
 
 fn print_stats(shards: &[StatsSnapshot]) {
@@ -534,6 +601,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, Error> {
             .into_bytes(),
         trust,
         busy_poll: Duration::from_micros(u64::from(args.busy_poll_us)),
+        qlog_dir: args.qlog_dir.clone(),
     };
     config.validate()?;
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -27,6 +27,7 @@
 //! | `quring_retry_sent_total` | counter | Retry packets sent while `--max-handshakes` handshakes were in flight |
 //! | `quring_stateless_responses_total` | counter | datagrams answered without a connection (version negotiation, stateless reset) |
 //! | `quring_app_panics_total` | counter | app callbacks that panicked (the connection was closed, the shard went on) |
+//! | `quring_qlog_failed_total` | counter | qlog files (`--qlog-dir`) not created, or cut short by a failed write |
 //! | `quring_handoff_out_total` | counter | datagrams handed to the shard that owns their connection |
 //! | `quring_handoff_in_total` | counter | datagrams received from other shards |
 //! | `quring_handoff_dropped_total` | counter | hand-offs dropped because the owner's inbox was full |
@@ -412,6 +413,11 @@ const SHARD_METRICS: &[ShardMetric] = &[
         "quring_handshakes_failed",
         "Connections removed before their handshake completed.",
         &[("", |s| s.handshakes_failed)],
+    ),
+    counter(
+        "quring_qlog_failed",
+        "qlog files (--qlog-dir) not created, or cut short by a failed write.",
+        &[("", |s| s.qlog_failed)],
     ),
 ];
 

@@ -1,6 +1,7 @@
 //! Starting, observing and stopping a server: the shards, their sockets and threads.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use crate::app::AppFactory;
 use crate::datapath::{self, socket, Offloads, SocketBuffers};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Steering};
-use crate::shard::{self, ShardParams, ShardThreads};
+use crate::shard::{self, QlogDir, Role, ShardParams, ShardThreads};
 use crate::stats::{ShardStats, StatsSnapshot};
 use crate::tls::{self, Identity, TicketCache};
 
@@ -40,6 +41,7 @@ pub struct ServerBuilder {
     log_handshakes: bool,
     busy_poll: Duration,
     udp_echo: bool,
+    qlog_dir: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -178,6 +180,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Writes a qlog file for each connection into `dir`, created if missing (default: no
+    /// qlog). A file is named `server-<pid>-<shard>.<seq>.sqlog` after the process and the
+    /// connection's [`crate::app::ConnId`], holds qlog JSON-SEQ records (a header naming the
+    /// client and its original destination CID, then the packets sent, received and lost and
+    /// the recovery metrics) and is complete once the connection has left its shard. It is written on the shard thread through a 64 KiB buffer; each packet's
+    /// event costs time, so this is for debugging, not for benchmarks. [`ServerBuilder::start`]
+    /// fails if `dir` cannot be created or written; a file that cannot be created or written
+    /// later is counted (`qlog_failed`) and logged, and its connection goes on.
+    pub fn qlog_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.qlog_dir = Some(dir.into());
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let shards = self
@@ -229,6 +244,14 @@ impl ServerBuilder {
                 &resumption,
             )?))
         };
+        let qlog = match self.qlog_dir {
+            Some(dir) => {
+                let idle = tls::idle_timeout(self.idle_timeout)?;
+                let transport = Arc::new(move || tls::transport_config(idle));
+                Some(QlogDir::new(dir, Role::Server, transport)?)
+            }
+            None => None,
+        };
         let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
 
         let requested = if self.listen.is_empty() {
@@ -276,8 +299,11 @@ impl ServerBuilder {
                     Ok(()) => Steering::Bpf,
                     Err(e) => {
                         tracing::warn!(
-                            error = %e,
-                            "attaching the CID steering program failed; falling back to --steering none (shards hand packets to their owner)"
+                            "the kernel refused the connection-ID steering program \
+                             (SO_ATTACH_REUSEPORT_CBPF: {e}); running as --steering none: \
+                             packets that reach the wrong shard are handed to their owner \
+                             (~0.4 µs each). Pass --steering none to choose this without \
+                             the warning, or run on a kernel that allows reuseport BPF"
                         );
                         Steering::None
                     }
@@ -314,6 +340,7 @@ impl ServerBuilder {
                 log_handshakes: self.log_handshakes,
                 busy_poll: self.busy_poll,
                 udp_echo: self.udp_echo,
+                qlog: qlog.clone(),
             })
             .collect();
         let cores = if self.pin {
@@ -334,6 +361,7 @@ impl ServerBuilder {
             alpns,
             steering,
             ticket_cache,
+            qlog_dir: qlog.map(|q| q.path().to_path_buf()),
         })
     }
 }
@@ -357,6 +385,7 @@ pub struct Server {
     alpns: Vec<Vec<u8>>,
     steering: Steering,
     ticket_cache: Arc<TicketCache>,
+    qlog_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -382,6 +411,7 @@ impl Server {
             log_handshakes: false,
             busy_poll: Duration::ZERO,
             udp_echo: false,
+            qlog_dir: None,
         }
     }
 
@@ -425,6 +455,11 @@ impl Server {
     /// ALPN protocols served, one per app.
     pub fn alpns(&self) -> &[Vec<u8>] {
         &self.alpns
+    }
+
+    /// The directory connections write their qlog files into ([`ServerBuilder::qlog_dir`]).
+    pub fn qlog_dir(&self) -> Option<&Path> {
+        self.qlog_dir.as_deref()
     }
 
     /// Current counters, one snapshot per shard.

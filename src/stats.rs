@@ -153,6 +153,8 @@ shard_stats! {
     rx_buffer_exhausted,
     /// Sends the kernel failed.
     tx_errors,
+    /// qlog files (`--qlog-dir`) not created, or cut short by a failed write.
+    qlog_failed,
 }
 
 /// Upper bounds, in microseconds, of the [`DurationHistogram`] buckets (0.5 ms to 1 s); one

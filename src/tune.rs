@@ -322,9 +322,9 @@ pub fn to_json(readings: &[Reading]) -> serde_json::Value {
     })
 }
 
-/// The one warning `quring serve` prints when the kernel granted smaller socket buffers than
-/// quring asks for ([`SOCKET_BUFFER`]), naming the sysctl that capped them (its value read
-/// with `read`) and the fix; `None` when both buffers are as asked.
+/// The one warning `quring serve` logs once it serves (`tracing`, level warn) when the kernel granted
+/// smaller socket buffers than quring asks for ([`SOCKET_BUFFER`]), naming the sysctl that
+/// capped them (its value read with `read`) and the fix; `None` when both buffers are as asked.
 pub fn buffer_warning(
     granted: SocketBuffers,
     read: impl Fn(&str) -> Option<String>,
@@ -353,7 +353,7 @@ pub fn buffer_warning(
         .map(|(_, _, s)| format!("{}={}", s.name, s.value_text()))
         .collect();
     Some(format!(
-        "quring: warning: UDP {} buffers are {}, not the {} asked for: {}; raise {} \
+        "UDP {} buffers are {}, not the {} asked for: {}; raise {} \
          (sysctl -w {}, or see tuning/ and `quring tune`)",
         kinds.join(" and "),
         sizes.join(" and "),
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!(
             buffer_warning(recv_only, &read).as_deref(),
             Some(
-                "quring: warning: UDP receive buffers are 208 KiB, not the 4 MiB asked for: \
+                "UDP receive buffers are 208 KiB, not the 4 MiB asked for: \
                  net.core.rmem_max is 212992; raise it (sysctl -w net.core.rmem_max=4194304, \
                  or see tuning/ and `quring tune`)"
             )

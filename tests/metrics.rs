@@ -149,13 +149,13 @@ fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&Scrape) -> bool) ->
     }
 }
 
-/// Waits for the `metrics on` line and returns the endpoint's address.
-fn metrics_addr(q: &mut Quring) -> SocketAddr {
-    let line = q.wait_line("quring: metrics on ", Duration::from_secs(20));
-    line.strip_prefix("quring: metrics on http://")
+/// The endpoint's address, from the start-up line's `| metrics http://ADDR/metrics`.
+fn metrics_addr(line: &str) -> SocketAddr {
+    line.split(" | ")
+        .find_map(|part| part.strip_prefix("metrics http://"))
         .and_then(|rest| rest.strip_suffix("/metrics"))
         .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("bad metrics line {line:?}"))
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
 }
 
 fn echo_client(cert_pem: &Path, server: SocketAddr) -> quinn::Endpoint {
@@ -181,8 +181,8 @@ fn scrapes_count_echo_traffic_and_only_grow() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let (_, addrs) = q.wait_listening();
-    let http_addr = metrics_addr(&mut q);
+    let (line, addrs) = q.wait_listening();
+    let http_addr = metrics_addr(&line);
     assert_ne!(http_addr.port(), 0);
 
     let before = scrape(http_addr);
@@ -293,8 +293,8 @@ fn bad_requests_get_errors_and_the_endpoint_keeps_serving() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    q.wait_listening();
-    let addr = metrics_addr(&mut q);
+    let (line, _) = q.wait_listening();
+    let addr = metrics_addr(&line);
 
     assert_eq!(http(addr, b"GET /nope HTTP/1.1\r\n\r\n").0, 404);
     assert_eq!(http(addr, b"POST /metrics HTTP/1.1\r\n\r\n").0, 405);

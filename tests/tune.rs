@@ -116,7 +116,7 @@ fn serve_warns_once_iff_the_kernel_capped_the_buffers() {
     let warnings: Vec<&str> = done
         .stderr
         .lines()
-        .filter(|l| l.starts_with("quring: warning: UDP "))
+        .filter(|l| l.contains(" WARN ") && l.contains(" UDP ") && l.contains(" buffers are "))
         .collect();
     match capped {
         [Some(rmem), Some(wmem)] => {

@@ -471,7 +471,12 @@ impl Datapath {
             if res == -libc::ENOBUFS {
                 self.stats.rx_buffer_exhausted.add(1);
             } else if res != -libc::ECANCELED {
-                tracing::warn!(socket, error = %io::Error::from_raw_os_error(-res), "receive failed; re-arming");
+                tracing::warn!(
+                    socket,
+                    "the kernel failed a receive ({}); it is re-armed. If this repeats, \
+                     check the socket and the kernel log (dmesg)",
+                    io::Error::from_raw_os_error(-res)
+                );
             }
             return None;
         }
@@ -492,7 +497,12 @@ impl Datapath {
                         None
                     } else if msg.is_control_data_truncated() {
                         self.stats.drop_ctrunc.add(1);
-                        tracing::warn!("control messages truncated (MSG_CTRUNC); datagram dropped");
+                        tracing::warn!(
+                            "a datagram's control messages did not fit the receive buffer's \
+                             control space (MSG_CTRUNC); dropped and counted in drop_ctrunc. \
+                             The kernel sends control messages quring did not ask for: report \
+                             it with the kernel version"
+                        );
                         None
                     } else if let Some(src) = (!msg.is_name_data_truncated())
                         .then(|| sockaddr::decode(msg.name_data()))
@@ -523,7 +533,12 @@ impl Datapath {
             if res == -libc::EIO && slot.segments > 1 && self.offloads.gso {
                 // Some drivers refuse GSO for checksum-offload reasons; stop asking for it.
                 self.offloads.gso = false;
-                tracing::warn!("the kernel rejected a GSO send (EIO); GSO disabled for this shard");
+                tracing::warn!(
+                    "the kernel refused a GSO send (EIO: the route's device cannot checksum \
+                     UDP segments, or the route uses IPsec); this shard now sends one \
+                     datagram per segment. Fix: turn on TX checksum offload on the device \
+                     (ethtool -K DEV tx on)"
+                );
             }
         } else {
             self.stats.tx_datagrams.add(u64::from(slot.segments));
@@ -662,7 +677,10 @@ impl Drop for Datapath {
         } else {
             tracing::error!(
                 inflight = self.inflight,
-                "io_uring operations did not complete at shutdown; leaking their buffers"
+                "io_uring operations did not complete at shutdown; their buffers are leaked, \
+                 not freed, so the kernel cannot write into freed memory. Harmless when the \
+                 process exits; if it happens on every restart of an embedded server, report \
+                 it with the kernel version"
             );
         }
     }

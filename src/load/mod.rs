@@ -11,6 +11,7 @@ mod driver;
 pub mod report;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,6 +109,9 @@ pub struct LoadConfig {
     pub trust: ServerTrust,
     /// How long each client shard spins before it sleeps (latency measurements).
     pub busy_poll: Duration,
+    /// Write a qlog file per connection into this directory
+    /// ([`crate::ClientBuilder::qlog_dir`]).
+    pub qlog_dir: Option<PathBuf>,
 }
 
 impl LoadConfig {
@@ -276,7 +280,7 @@ pub fn run(
     } else {
         SocketAddr::from(([0u8; 4], 0))
     };
-    let client = Client::builder(
+    let mut builder = Client::builder(
         client_config,
         Arc::new(driver::LoadFactory { plan: plan.clone() }),
     )
@@ -284,8 +288,12 @@ pub fn run(
     .pin(config.pin)
     .bind(bind)
     .drain_timeout(Duration::from_millis(500))
-    .busy_poll(config.busy_poll)
-    .start()?;
+    .busy_poll(config.busy_poll);
+    if let Some(dir) = &config.qlog_dir {
+        let idle = tls::idle_timeout(CLIENT_IDLE_TIMEOUT)?;
+        builder = builder.qlog_dir(dir.clone(), move || tls::transport_config(idle));
+    }
+    let client = builder.start()?;
 
     let ticker = tick(Duration::from_millis(100));
     let mut last = (Instant::now(), LoadSnapshot::default());

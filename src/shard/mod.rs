@@ -8,10 +8,12 @@
 
 mod arena;
 mod closing;
+mod qlog;
 mod threads;
 mod timers;
 
 pub(crate) use closing::CloseAwareFactory;
+pub(crate) use qlog::{QlogDir, Role, TransportFactory};
 pub(crate) use threads::ShardThreads;
 
 use std::collections::HashMap;
@@ -37,6 +39,7 @@ use crate::error::Error;
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
 use crossbeam_channel::Receiver;
+use qlog::ShardQlog;
 use timers::Timers;
 
 /// Error code and reason of the close every connection gets at shutdown.
@@ -122,6 +125,8 @@ pub(crate) struct ShardParams {
     pub busy_poll: Duration,
     /// Reflect every datagram to its sender without QUIC (see [`Shard::reflect`]).
     pub udp_echo: bool,
+    /// Where each connection writes its qlog (none: no qlog, no per-connection config).
+    pub qlog: Option<QlogDir>,
 }
 
 struct Entry {
@@ -211,6 +216,7 @@ pub(crate) struct Shard {
     dialed: HashMap<u64, usize>,
     /// Raw UDP echo instead of QUIC.
     udp_echo: bool,
+    qlog: Option<ShardQlog>,
 }
 
 impl Shard {
@@ -223,6 +229,9 @@ impl Shard {
             p.stats.clone(),
             p.busy_poll,
         )?;
+        let qlog = p
+            .qlog
+            .map(|dir| ShardQlog::new(dir, p.index, p.stats.clone(), p.server_config.clone()));
         let endpoint = Endpoint::new(p.endpoint_config, p.server_config, true, None);
         let apps = p
             .apps
@@ -264,6 +273,7 @@ impl Shard {
             drain_deadline: None,
             dialed: HashMap::new(),
             udp_echo: p.udp_echo,
+            qlog,
         })
     }
 
@@ -444,12 +454,18 @@ impl Shard {
                     }
                     return;
                 }
+                let id = self.next_id();
+                // Only with a qlog does a connection get a configuration of its own.
+                let config = self
+                    .qlog
+                    .as_ref()
+                    .and_then(|q| q.server_config(id, &incoming, now));
                 match self
                     .endpoint
-                    .accept(incoming, now, &mut self.response, None)
+                    .accept(incoming, now, &mut self.response, config)
                 {
                     Ok((handle, conn)) => {
-                        self.insert(handle, conn, socket, now, Listener::Nobody);
+                        self.insert(handle, conn, id, socket, now, Listener::Nobody);
                     }
                     Err(e) => {
                         self.stats.drop_bad_initial.add(1);
@@ -533,7 +549,12 @@ impl Shard {
             Ok(_) => self.stats.drop_no_send_slot.add(1),
             Err(e) => {
                 self.stats.tx_errors.add(1);
-                tracing::warn!(shard = self.index, error = %e, "submitting a response failed");
+                tracing::warn!(
+                    shard = self.index,
+                    "submitting a stateless response to the ring failed ({e}); it is dropped \
+                     (counted in tx_errors) and the peer will retry. If this repeats, the \
+                     shard's ring is failing: check the kernel log (dmesg) and restart quring"
+                );
             }
         }
     }
@@ -554,23 +575,29 @@ impl Shard {
         }
     }
 
-    fn insert(
-        &mut self,
-        handle: ConnectionHandle,
-        conn: quinn_proto::Connection,
-        socket: usize,
-        now: Instant,
-        listener: Listener,
-    ) -> ConnId {
-        let slot = handle.0;
-        if self.conns.len() <= slot {
-            self.conns.resize_with(slot + 1, || None);
-        }
+    /// The id of the next connection (an attempt that fails leaves its number unused).
+    fn next_id(&mut self) -> ConnId {
         let id = ConnId {
             shard: self.index as u16,
             seq: self.next_seq,
         };
         self.next_seq += 1;
+        id
+    }
+
+    fn insert(
+        &mut self,
+        handle: ConnectionHandle,
+        conn: quinn_proto::Connection,
+        id: ConnId,
+        socket: usize,
+        now: Instant,
+        listener: Listener,
+    ) {
+        let slot = handle.0;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
         self.open += 1;
         self.open_total.fetch_add(1, Ordering::Relaxed);
         self.stats.conns_open.set(self.open as u64);
@@ -595,7 +622,6 @@ impl Shard {
             self.handshaking += 1;
         }
         mark_dirty(&mut self.dirty, entry, slot);
-        id
     }
 
     /// Closes every connection with the shutdown code and reason.
@@ -729,7 +755,11 @@ impl Shard {
 /// its app hears nothing more of it but its close.
 fn app_panicked(entry: &mut Entry, now: Instant, stats: &ShardStats) {
     stats.app_panics.add(1);
-    tracing::error!(conn = %entry.id, "the app panicked; closing the connection");
+    tracing::error!(
+        conn = %entry.id,
+        "the app panicked (the panic message is above); the connection is closed with \
+         APP_PANIC_CODE and the shard goes on. Fix the app's callback"
+    );
     entry.panicked = true;
     entry
         .conn
@@ -913,14 +943,18 @@ impl Control<'_> {
         server_name: &str,
     ) -> Result<ConnId, ConnectError> {
         let shard = &mut *self.shard;
-        let config = shard
+        let mut config = shard
             .client_config
             .clone()
             .ok_or(ConnectError::NoDefaultClientConfig)?;
+        let id = shard.next_id();
+        if let Some(qlog) = &shard.qlog {
+            qlog.attach_client(&mut config, id, remote, server_name, self.now);
+        }
         let (handle, conn) = shard
             .endpoint
             .connect(self.now, config, remote, server_name)?;
-        let id = shard.insert(handle, conn, 0, self.now, Listener::Driver);
+        shard.insert(handle, conn, id, 0, self.now, Listener::Driver);
         shard.dialed.insert(id.seq, handle.0);
         Ok(id)
     }

@@ -19,7 +19,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSuppo
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{handshake, pem_certificates, transport_config, ClientTicketStore};
+use super::{handshake, idle_timeout, pem_certificates, transport_config, ClientTicketStore};
 use crate::error::Error;
 
 /// How a client checks the server's certificate.
@@ -122,7 +122,7 @@ pub fn client_config(c: &ClientTls) -> Result<quinn_proto::ClientConfig, Error> 
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let crypto = handshake::ObservingClientConfig::new(Arc::new(crypto));
     let mut config = quinn_proto::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(c.idle_timeout)?));
+    config.transport_config(Arc::new(transport_config(idle_timeout(c.idle_timeout)?)));
     Ok(config)
 }
 

@@ -174,7 +174,9 @@ pub fn server_config_with(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let crypto = handshake::ObservingServerConfig::new(Arc::new(crypto));
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(idle_timeout)?));
+    config.transport_config(Arc::new(transport_config(self::idle_timeout(
+        idle_timeout,
+    )?)));
     Ok(config)
 }
 
@@ -197,17 +199,22 @@ pub fn provider() -> rustls::crypto::CryptoProvider {
     }
 }
 
-/// The transport parameters and limits servers and clients share: streams of either direction
-/// up to 1024 at a time, 4 MiB per stream and [`CONNECTION_RECEIVE_WINDOW`] per connection of
-/// receive window, 16 MiB of send window, 4 MiB of datagram buffers each way, `idle_timeout`,
-/// and quinn-proto's CUBIC wrapped so that a closing connection's CONNECTION_CLOSE is never
-/// held back by its congestion window.
-fn transport_config(idle_timeout: Duration) -> Result<quinn_proto::TransportConfig, Error> {
+/// `idle_timeout` as QUIC's `max_idle_timeout`; fails for one beyond its range.
+pub fn idle_timeout(idle_timeout: Duration) -> Result<quinn_proto::IdleTimeout, Error> {
+    quinn_proto::IdleTimeout::try_from(idle_timeout)
+        .map_err(|_| Error::Config("idle timeout too large".into()))
+}
+
+/// The transport parameters and limits quring's servers and clients share: streams of either
+/// direction up to 1024 at a time, 4 MiB per stream and [`CONNECTION_RECEIVE_WINDOW`] per
+/// connection of receive window, 16 MiB of send window, 4 MiB of datagram buffers each way,
+/// `idle_timeout`, and quinn-proto's CUBIC wrapped so that a closing connection's
+/// CONNECTION_CLOSE is never held back by its congestion window. [`server_config_with`] and
+/// [`client_config`] use it; a qlog directory needs it to make each connection's own copy.
+pub fn transport_config(idle_timeout: quinn_proto::IdleTimeout) -> quinn_proto::TransportConfig {
     let mut transport = quinn_proto::TransportConfig::default();
-    let idle = quinn_proto::IdleTimeout::try_from(idle_timeout)
-        .map_err(|_| Error::Config("idle timeout too large".into()))?;
     transport
-        .max_idle_timeout(Some(idle))
+        .max_idle_timeout(Some(idle_timeout))
         .max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(1024))
         .max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(1024))
         .stream_receive_window(quinn_proto::VarInt::from_u32(4 << 20))
@@ -216,7 +223,7 @@ fn transport_config(idle_timeout: Duration) -> Result<quinn_proto::TransportConf
         .datagram_receive_buffer_size(Some(4 << 20))
         .datagram_send_buffer_size(4 << 20)
         .congestion_controller_factory(Arc::new(crate::shard::CloseAwareFactory::default()));
-    Ok(transport)
+    transport
 }
 
 #[cfg(test)]

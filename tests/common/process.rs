@@ -36,6 +36,10 @@ impl TempDir {
     pub fn file(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl Drop for TempDir {
@@ -76,7 +80,20 @@ pub struct Quring {
 
 impl Quring {
     pub fn spawn(args: &[&str]) -> Quring {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quring"))
+        Quring::start(args, None)
+    }
+
+    /// Like [`Quring::spawn`], in the working directory `cwd`.
+    pub fn spawn_in(cwd: &Path, args: &[&str]) -> Quring {
+        Quring::start(args, Some(cwd))
+    }
+
+    fn start(args: &[&str], cwd: Option<&Path>) -> Quring {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quring"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
