@@ -10,7 +10,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::app::DriverFactory;
-use crate::datapath::{self, socket, Offloads};
+use crate::datapath::{socket, DatapathKind, Offloads};
 use crate::error::Error;
 use crate::routing::CidLayout;
 use crate::shard::{self, ShardParams, ShardThreads};
@@ -25,6 +25,7 @@ pub struct ClientBuilder {
     bind: SocketAddr,
     drain_timeout: Duration,
     busy_poll: Duration,
+    datapath: Option<DatapathKind>,
 }
 
 impl ClientBuilder {
@@ -61,6 +62,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The datapath the shards run, as [`crate::ServerBuilder::datapath`] (default:
+    /// `QURING_DATAPATH`, else io_uring, falling back to the portable datapath with one
+    /// warning where io_uring is unavailable).
+    pub fn datapath(mut self, kind: DatapathKind) -> Self {
+        self.datapath = Some(kind);
+        self
+    }
+
     /// Binds every shard's socket and starts the shards; each builds its driver and starts
     /// polling it at once.
     pub fn start(self) -> Result<Client, Error> {
@@ -72,7 +81,11 @@ impl ClientBuilder {
                 "--threads: {threads} is out of range (1 to 256)"
             )));
         }
-        datapath::probe().map_err(Error::IoUring)?;
+        let datapath = match self.datapath {
+            Some(kind) => kind,
+            None => DatapathKind::from_env().map_err(Error::Config)?,
+        }
+        .resolve();
         // Client CIDs name their shard like a server's: every datagram a server sends to a
         // shard's socket carries that shard's CID, so none is ever handed off.
         let layout = CidLayout::new(threads, 0, Vec::new())?;
@@ -103,6 +116,7 @@ impl ClientBuilder {
             .map(|(index, (socket, wired))| ShardParams {
                 index,
                 sockets: vec![(socket, v6)],
+                datapath,
                 offloads,
                 endpoint_config: wired.endpoint_config,
                 layout: layout.clone(),
@@ -140,6 +154,7 @@ impl ClientBuilder {
             stop,
             local_addrs,
             offloads,
+            datapath,
         })
     }
 }
@@ -150,6 +165,7 @@ pub struct Client {
     stop: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     offloads: Offloads,
+    datapath: DatapathKind,
 }
 
 impl Client {
@@ -167,6 +183,7 @@ impl Client {
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             drain_timeout: Duration::from_secs(2),
             busy_poll: Duration::ZERO,
+            datapath: None,
         }
     }
 
@@ -183,6 +200,11 @@ impl Client {
     /// Offloads every socket has.
     pub fn offloads(&self) -> Offloads {
         self.offloads
+    }
+
+    /// The datapath the shards run (after any fallback from io_uring).
+    pub fn datapath(&self) -> DatapathKind {
+        self.datapath
     }
 
     /// Current counters, one snapshot per shard.

@@ -16,7 +16,7 @@ use quring::stats::StatsSnapshot;
 use quring::tls::ServerTrust;
 use quring::tls::{Identity, SELF_SIGNED_NAMES};
 use quring::tune;
-use quring::{Error, Server, Steering};
+use quring::{DatapathKind, Error, Server, Steering};
 
 #[derive(Parser)]
 #[command(
@@ -147,6 +147,10 @@ struct LoadArgs {
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
+    /// How datagrams move, as `serve --datapath`.
+    #[arg(long, value_name = "KIND", env = quring::datapath::DATAPATH_ENV, default_value = "uring",
+          value_parser = parse_datapath)]
+    datapath: DatapathKind,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -233,6 +237,11 @@ struct ServeArgs {
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics; port 0 picks one.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// How datagrams move: `uring` (io_uring; where it is unavailable, `portable` with one
+    /// warning) or `portable` (plain sockets: recvmmsg, sendmsg, poll).
+    #[arg(long, value_name = "KIND", env = quring::datapath::DATAPATH_ENV, default_value = "uring",
+          value_parser = parse_datapath)]
+    datapath: DatapathKind,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -242,6 +251,10 @@ fn parse_secs(s: &str) -> Result<f64, String> {
             "'{s}' is not a number of seconds between 0 and 86400"
         )),
     }
+}
+
+fn parse_datapath(s: &str) -> Result<DatapathKind, String> {
+    s.parse()
 }
 
 fn parse_steering(s: &str) -> Result<Steering, String> {
@@ -314,7 +327,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .tickets(usize::from(args.tickets))
         .zero_rtt(!args.no_0rtt)
         .log_handshakes(args.log_handshakes)
-        .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)));
+        .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)))
+        .datapath(args.datapath);
     if let Some(n) = args.max_conns {
         builder = builder.max_conns(n);
     }
@@ -424,7 +438,10 @@ fn tune(args: &TuneArgs) -> ExitCode {
 fn startup_line(server: &Server, pinned: bool) -> String {
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let o = server.offloads();
-    let mut features = vec!["multishot-recvmsg"];
+    let (datapath, mut features) = match server.datapath() {
+        DatapathKind::Uring => ("io_uring", vec!["multishot-recvmsg"]),
+        DatapathKind::Portable => ("portable", vec!["recvmmsg"]),
+    };
     for (on, name) in [
         (o.gro, "GRO"),
         (o.gso, "GSO"),
@@ -441,11 +458,12 @@ fn startup_line(server: &Server, pinned: bool) -> String {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     format!(
-        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | alpn {}",
+        "quring: listening on {} | shards {}{} | steering {} | datapath {}: {} | alpn {}",
         addrs.join(", "),
         server.shard_count(),
         if pinned { " (pinned)" } else { "" },
         server.steering(),
+        datapath,
         features.join(" "),
         alpns.join(",")
     )
@@ -519,6 +537,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, Error> {
             .into_bytes(),
         trust,
         busy_poll: Duration::from_micros(u64::from(args.busy_poll_us)),
+        datapath: args.datapath,
     };
     config.validate()?;
     let interrupted = Arc::new(AtomicBool::new(false));

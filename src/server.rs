@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 use rustls::pki_types::CertificateDer;
 
 use crate::app::AppFactory;
-use crate::datapath::{self, socket, Offloads, SocketBuffers};
+use crate::datapath::{socket, DatapathKind, Offloads, SocketBuffers};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Steering};
 use crate::shard::{self, ShardParams, ShardThreads};
@@ -39,6 +39,7 @@ pub struct ServerBuilder {
     zero_rtt: bool,
     log_handshakes: bool,
     busy_poll: Duration,
+    datapath: Option<DatapathKind>,
 }
 
 impl ServerBuilder {
@@ -164,6 +165,15 @@ impl ServerBuilder {
         self
     }
 
+    /// The datapath the shards run (default: [`DatapathKind::from_env`], that is
+    /// `QURING_DATAPATH`, else io_uring). io_uring asked for where it is unavailable runs
+    /// the portable datapath instead, with one warning naming the cause
+    /// ([`DatapathKind::resolve`]); [`Server::datapath`] tells which runs.
+    pub fn datapath(mut self, kind: DatapathKind) -> Self {
+        self.datapath = Some(kind);
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let shards = self
@@ -186,7 +196,11 @@ impl ServerBuilder {
                 )));
             }
         }
-        datapath::probe().map_err(Error::IoUring)?;
+        let datapath = match self.datapath {
+            Some(kind) => kind,
+            None => DatapathKind::from_env().map_err(Error::Config)?,
+        }
+        .resolve();
         let identity = match self.identity {
             Some(identity) => identity,
             None => Identity::self_signed()?,
@@ -270,6 +284,7 @@ impl ServerBuilder {
             .map(|(index, (sockets, wired))| ShardParams {
                 index,
                 sockets,
+                datapath,
                 offloads,
                 endpoint_config: wired.endpoint_config,
                 layout: layout.clone(),
@@ -307,6 +322,7 @@ impl ServerBuilder {
             buffers,
             alpns,
             steering,
+            datapath,
             ticket_cache,
         })
     }
@@ -330,6 +346,7 @@ pub struct Server {
     buffers: SocketBuffers,
     alpns: Vec<Vec<u8>>,
     steering: Steering,
+    datapath: DatapathKind,
     ticket_cache: Arc<TicketCache>,
 }
 
@@ -355,6 +372,7 @@ impl Server {
             zero_rtt: true,
             log_handshakes: false,
             busy_poll: Duration::ZERO,
+            datapath: None,
         }
     }
 
@@ -393,6 +411,11 @@ impl Server {
     /// How datagrams reach their shard (after any fallback).
     pub fn steering(&self) -> Steering {
         self.steering
+    }
+
+    /// The datapath the shards run (after any fallback from io_uring).
+    pub fn datapath(&self) -> DatapathKind {
+        self.datapath
     }
 
     /// ALPN protocols served, one per app.

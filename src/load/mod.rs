@@ -23,7 +23,7 @@ pub use report::Summary;
 
 use crate::error::Error;
 use crate::tls::{self, ClientTicketStore, ClientTls, ServerTrust};
-use crate::Client;
+use crate::{Client, DatapathKind};
 
 /// What each request asks of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,8 @@ pub struct LoadConfig {
     pub trust: ServerTrust,
     /// How long each client shard spins before it sleeps (latency measurements).
     pub busy_poll: Duration,
+    /// The datapath the client shards run.
+    pub datapath: DatapathKind,
 }
 
 impl LoadConfig {
@@ -285,6 +287,7 @@ pub fn run(
     .bind(bind)
     .drain_timeout(Duration::from_millis(500))
     .busy_poll(config.busy_poll)
+    .datapath(config.datapath)
     .start()?;
 
     let ticker = tick(Duration::from_millis(100));

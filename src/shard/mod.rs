@@ -31,7 +31,7 @@ use crate::app::{
     App, AppFactory, Conn, ConnId, Control, Driver, DriverFactory, DriverPoll, HandshakeInfo,
     Hello, Refusal,
 };
-use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
+use crate::datapath::{cmsg::RecvMeta, Datapath, DatapathKind, Offloads, SendOutcome, Waker};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
@@ -96,6 +96,8 @@ pub(crate) struct ShardParams {
     pub index: usize,
     /// The shard's sockets, one per listen address, and whether each is IPv6.
     pub sockets: Vec<(Socket, bool)>,
+    /// The datapath to run them on (already resolved: io_uring is known to work).
+    pub datapath: DatapathKind,
     pub offloads: Offloads,
     pub endpoint_config: Arc<quinn_proto::EndpointConfig>,
     pub layout: CidLayout,
@@ -213,6 +215,7 @@ impl Shard {
     /// Builds the shard on its own thread.
     pub fn new(p: ShardParams) -> std::io::Result<Shard> {
         let datapath = Datapath::new(
+            p.datapath,
             p.sockets,
             p.offloads,
             &p.waker,
