@@ -76,14 +76,20 @@ pub struct Quring {
 
 impl Quring {
     pub fn spawn(args: &[&str]) -> Quring {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quring"))
-            .args(args)
+        Quring::spawn_with(args, |_| {})
+    }
+
+    /// As [`Quring::spawn`], with `setup` adjusting the command first (environment, a
+    /// `pre_exec` hook).
+    pub fn spawn_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Quring {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quring"));
+        cmd.args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn quring");
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn quring");
         let out = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         let stdout = std::thread::spawn(move || {
