@@ -8,7 +8,9 @@
 #    (re)built only when missing, broken, or when the requirements file or
 #    the base interpreter changed.
 # 2. Exports QURING_PYTHON=<repo>/.venv/bin/python for the Rust tests.
-# 3. Runs `cargo test --release "$@"`.
+# 3. Runs `cargo test --release "$@"` twice: once on the default datapath
+#    (io_uring; QURING_DATAPATH unset) and once with QURING_DATAPATH=portable,
+#    so every test runs on both datapaths. Stops at the first failing pass.
 #
 # Environment:
 #   PYTHON   base interpreter used to create the venv (default: python3)
@@ -116,4 +118,8 @@ stamp="$(wanted_stamp)"
 venv_is_current "$stamp" || build_venv "$stamp"
 
 export QURING_PYTHON="$VENV/bin/python"
-exec cargo test --release "$@"
+note "pass 1 of 2: default datapath (io_uring)"
+env -u QURING_DATAPATH cargo test --release "$@"
+note "pass 2 of 2: QURING_DATAPATH=portable"
+QURING_DATAPATH=portable cargo test --release "$@"
+note "both passes succeeded"

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::app::DriverFactory;
-use crate::datapath::{self, socket, Offloads};
+use crate::datapath::{socket, DatapathKind, Offloads};
 use crate::error::Error;
 use crate::routing::CidLayout;
 use crate::shard::{self, QlogDir, Role, ShardParams, ShardThreads, TransportFactory};
@@ -27,6 +27,7 @@ pub struct ClientBuilder {
     drain_timeout: Duration,
     busy_poll: Duration,
     qlog: Option<(PathBuf, TransportFactory)>,
+    datapath: Option<DatapathKind>,
 }
 
 impl ClientBuilder {
@@ -79,6 +80,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The datapath the shards run, as [`crate::ServerBuilder::datapath`] (default:
+    /// `QURING_DATAPATH`, else io_uring, falling back to the portable datapath with one
+    /// warning where io_uring is unavailable).
+    pub fn datapath(mut self, kind: DatapathKind) -> Self {
+        self.datapath = Some(kind);
+        self
+    }
+
     /// Binds every shard's socket and starts the shards; each builds its driver and starts
     /// polling it at once.
     pub fn start(self) -> Result<Client, Error> {
@@ -90,11 +99,15 @@ impl ClientBuilder {
                 "--threads: {threads} is out of range (1 to 256)"
             )));
         }
-        datapath::probe().map_err(Error::IoUring)?;
         let qlog = match self.qlog {
             Some((dir, transport)) => Some(QlogDir::new(dir, Role::Client, transport)?),
             None => None,
         };
+        let datapath = match self.datapath {
+            Some(kind) => kind,
+            None => DatapathKind::from_env().map_err(Error::Config)?,
+        }
+        .resolve();
         // Client CIDs name their shard like a server's: every datagram a server sends to a
         // shard's socket carries that shard's CID, so none is ever handed off.
         let layout = CidLayout::new(threads, 0, Vec::new())?;
@@ -125,6 +138,7 @@ impl ClientBuilder {
             .map(|(index, (socket, wired))| ShardParams {
                 index,
                 sockets: vec![(socket, v6)],
+                datapath,
                 offloads,
                 endpoint_config: wired.endpoint_config,
                 layout: layout.clone(),
@@ -164,6 +178,7 @@ impl ClientBuilder {
             stop,
             local_addrs,
             offloads,
+            datapath,
         })
     }
 }
@@ -174,6 +189,7 @@ pub struct Client {
     stop: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     offloads: Offloads,
+    datapath: DatapathKind,
 }
 
 impl Client {
@@ -192,6 +208,7 @@ impl Client {
             drain_timeout: Duration::from_secs(2),
             busy_poll: Duration::ZERO,
             qlog: None,
+            datapath: None,
         }
     }
 
@@ -208,6 +225,11 @@ impl Client {
     /// Offloads every socket has.
     pub fn offloads(&self) -> Offloads {
         self.offloads
+    }
+
+    /// The datapath the shards run (after any fallback from io_uring).
+    pub fn datapath(&self) -> DatapathKind {
+        self.datapath
     }
 
     /// Current counters, one snapshot per shard.

@@ -18,8 +18,6 @@ pub enum Error {
     AddressInUse(SocketAddr),
     /// Binding or configuring a socket failed.
     Socket(SocketAddr, std::io::Error),
-    /// io_uring is unavailable or unusable; the message names the cause.
-    IoUring(String),
     /// A shard failed at start-up or while running.
     Shard(usize, String),
 }
@@ -32,7 +30,6 @@ impl fmt::Display for Error {
             Error::Tls(msg) => write!(f, "TLS: {msg}"),
             Error::AddressInUse(addr) => write!(f, "address {addr} is already in use"),
             Error::Socket(addr, e) => write!(f, "socket on {addr}: {e}"),
-            Error::IoUring(msg) => f.write_str(msg),
             Error::Shard(i, msg) => write!(f, "shard {i}: {msg}"),
         }
     }

@@ -40,6 +40,7 @@ pub mod tls;
 pub mod tune;
 
 pub use client::{Client, ClientBuilder};
+pub use datapath::DatapathKind;
 pub use error::Error;
 pub use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 pub use routing::Steering;

@@ -16,7 +16,7 @@ use quring::stats::StatsSnapshot;
 use quring::tls::ServerTrust;
 use quring::tls::{Identity, SELF_SIGNED_NAMES};
 use quring::tune;
-use quring::{Error, Server, Steering};
+use quring::{DatapathKind, Error, Server, Steering};
 
 #[derive(Parser)]
 #[command(
@@ -151,6 +151,10 @@ struct LoadArgs {
     /// client-<pid>-<shard>.<seq>.sqlog; for debugging: it slows every packet.
     #[arg(long, value_name = "DIR")]
     qlog_dir: Option<PathBuf>,
+    /// How datagrams move, as `serve --datapath`.
+    #[arg(long, value_name = "KIND", env = quring::datapath::DATAPATH_ENV, default_value = "uring",
+          value_parser = parse_datapath)]
+    datapath: DatapathKind,
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -243,6 +247,11 @@ struct ServeArgs {
     /// server-<pid>-<shard>.<seq>.sqlog; for debugging: it slows every packet.
     #[arg(long, value_name = "DIR")]
     qlog_dir: Option<PathBuf>,
+    /// How datagrams move: `uring` (io_uring; where it is unavailable, `portable` with one
+    /// warning) or `portable` (plain sockets: recvmmsg, sendmsg, poll).
+    #[arg(long, value_name = "KIND", env = quring::datapath::DATAPATH_ENV, default_value = "uring",
+          value_parser = parse_datapath)]
+    datapath: DatapathKind,
 }
 
 /// The `--app` value that makes `serve` a raw UDP reflector ([`quring::ServerBuilder::udp_echo`]).
@@ -255,6 +264,10 @@ fn parse_secs(s: &str) -> Result<f64, String> {
             "'{s}' is not a number of seconds between 0 and 86400"
         )),
     }
+}
+
+fn parse_datapath(s: &str) -> Result<DatapathKind, String> {
+    s.parse()
 }
 
 fn parse_steering(s: &str) -> Result<Steering, String> {
@@ -346,7 +359,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .tickets(usize::from(args.tickets))
         .zero_rtt(!args.no_0rtt)
         .log_handshakes(args.log_handshakes)
-        .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)));
+        .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)))
+        .datapath(args.datapath);
     if let Some(n) = args.max_conns {
         builder = builder.max_conns(n);
     }
@@ -475,7 +489,10 @@ fn startup_line(
 ) -> String {
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     let o = server.offloads();
-    let mut features = vec!["multishot-recvmsg"];
+    let (datapath, mut features) = match server.datapath() {
+        DatapathKind::Uring => ("io_uring", vec!["multishot-recvmsg"]),
+        DatapathKind::Portable => ("portable", vec!["recvmmsg"]),
+    };
     for (on, name) in [
         (o.gro, "GRO"),
         (o.gso, "GSO"),
@@ -514,11 +531,12 @@ fn startup_line(
         )
     };
     let mut line = format!(
-        "quring: listening on {} | shards {}{} | steering {} | datapath io_uring: {} | {serves}",
+        "quring: listening on {} | shards {}{} | steering {} | datapath {}: {} | {serves}",
         addrs.join(", "),
         server.shard_count(),
         if args.no_pin { "" } else { " (pinned)" },
         server.steering(),
+        datapath,
         features.join(" "),
     );
     if args.busy_poll_us > 0 {
@@ -602,6 +620,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, Error> {
         trust,
         busy_poll: Duration::from_micros(u64::from(args.busy_poll_us)),
         qlog_dir: args.qlog_dir.clone(),
+        datapath: args.datapath,
     };
     config.validate()?;
     let interrupted = Arc::new(AtomicBool::new(false));

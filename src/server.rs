@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 use rustls::pki_types::CertificateDer;
 
 use crate::app::AppFactory;
-use crate::datapath::{self, socket, Offloads, SocketBuffers};
+use crate::datapath::{socket, DatapathKind, Offloads, SocketBuffers};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Steering};
 use crate::shard::{self, QlogDir, Role, ShardParams, ShardThreads};
@@ -42,6 +42,7 @@ pub struct ServerBuilder {
     busy_poll: Duration,
     udp_echo: bool,
     qlog_dir: Option<PathBuf>,
+    datapath: Option<DatapathKind>,
 }
 
 impl ServerBuilder {
@@ -193,6 +194,15 @@ impl ServerBuilder {
         self
     }
 
+    /// The datapath the shards run (default: [`DatapathKind::from_env`], that is
+    /// `QURING_DATAPATH`, else io_uring). io_uring asked for where it is unavailable runs
+    /// the portable datapath instead, with one warning naming the cause
+    /// ([`DatapathKind::resolve`]); [`Server::datapath`] tells which runs.
+    pub fn datapath(mut self, kind: DatapathKind) -> Self {
+        self.datapath = Some(kind);
+        self
+    }
+
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
         let shards = self
@@ -221,7 +231,11 @@ impl ServerBuilder {
                 )));
             }
         }
-        datapath::probe().map_err(Error::IoUring)?;
+        let datapath = match self.datapath {
+            Some(kind) => kind,
+            None => DatapathKind::from_env().map_err(Error::Config)?,
+        }
+        .resolve();
         let identity = match self.identity {
             Some(identity) => identity,
             None => Identity::self_signed()?,
@@ -321,6 +335,7 @@ impl ServerBuilder {
             .map(|(index, (sockets, wired))| ShardParams {
                 index,
                 sockets,
+                datapath,
                 offloads,
                 endpoint_config: wired.endpoint_config,
                 layout: layout.clone(),
@@ -360,6 +375,7 @@ impl ServerBuilder {
             buffers,
             alpns,
             steering,
+            datapath,
             ticket_cache,
             qlog_dir: qlog.map(|q| q.path().to_path_buf()),
         })
@@ -384,6 +400,7 @@ pub struct Server {
     buffers: SocketBuffers,
     alpns: Vec<Vec<u8>>,
     steering: Steering,
+    datapath: DatapathKind,
     ticket_cache: Arc<TicketCache>,
     qlog_dir: Option<PathBuf>,
 }
@@ -412,6 +429,7 @@ impl Server {
             busy_poll: Duration::ZERO,
             udp_echo: false,
             qlog_dir: None,
+            datapath: None,
         }
     }
 
@@ -450,6 +468,11 @@ impl Server {
     /// How datagrams reach their shard (after any fallback).
     pub fn steering(&self) -> Steering {
         self.steering
+    }
+
+    /// The datapath the shards run (after any fallback from io_uring).
+    pub fn datapath(&self) -> DatapathKind {
+        self.datapath
     }
 
     /// ALPN protocols served, one per app.

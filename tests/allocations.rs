@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use quring::load::{LoadConfig, Mode, Protocol};
 use quring::tls::ServerTrust;
-use quring::Server;
+use quring::{DatapathKind, Server};
 use serde_json::Value;
 
 #[global_allocator]
@@ -171,6 +171,8 @@ fn config(target: SocketAddr, protocol: Protocol, requests: u64, response: u64) 
         alpn: protocol.name().as_bytes().to_vec(),
         trust: ServerTrust::Insecure,
         busy_poll: Duration::ZERO,
+        datapath: DatapathKind::from_env().expect("QURING_DATAPATH names a datapath"),
+        qlog_dir: None,
     }
 }
 

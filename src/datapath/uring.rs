@@ -6,15 +6,15 @@
 //! buffer ring that lists them, the send slots (message header, address, control messages,
 //! payload) and the eventfd read buffer. All are allocated once when the datapath is built
 //! and never resized, so their addresses are stable, and none is freed while an operation
-//! that uses it is in flight: [`Datapath`] counts every submitted operation until its final
+//! that uses it is in flight: [`UringDatapath`] counts every submitted operation until its final
 //! completion arrives, and its `Drop` cancels everything and waits for that count to reach
 //! zero. If the kernel never answers, the memory is leaked rather than freed.
 
 use std::alloc::{self, Layout};
 use std::io;
 use std::mem::ManuallyDrop;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -25,9 +25,10 @@ use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use socket2::Socket;
 
-use super::cmsg::{self, RecvMeta, SendMeta, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
+use super::cmsg::{self, SendMeta, RECV_CONTROL_LEN, SEND_CONTROL_LEN};
 use super::sockaddr::{self, SOCKADDR_LEN};
 use super::socket::Offloads;
+use super::{Event, SendOutcome, Waker, MAX_GSO_BYTES};
 use crate::stats::ShardStats;
 
 /// `struct io_uring_recvmsg_out { u32 namelen, controllen, payloadlen, flags }`, which the
@@ -45,8 +46,6 @@ const BUF_GROUP: u16 = 0;
 /// Send slots per shard: sends in flight at once. When all are busy, connections keep their
 /// data and are polled again when a slot frees (back-pressure instead of a queue).
 pub const SEND_SLOTS: usize = 128;
-/// Largest payload one GSO send may carry (`UDP_MAX_SEGMENTS` and the IPv4 datagram limit).
-pub const MAX_GSO_BYTES: usize = 65_507;
 /// Submission queue entries: every slot, every receive, the wake-up read and cancellations fit.
 const RING_ENTRIES: u32 = 512;
 
@@ -56,53 +55,6 @@ const OP_SEND: u64 = 2 << 56;
 const OP_WAKE: u64 = 3 << 56;
 const OP_CANCEL: u64 = 4 << 56;
 const OP_MASK: u64 = 0xff << 56;
-
-/// What one completion meant for the shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A datagram (or GRO batch) arrived on socket `socket`; its payload was appended to the
-    /// arena passed to [`Datapath::next_event`].
-    Recv {
-        /// Index of the socket in the shard's list.
-        socket: usize,
-        /// Sender.
-        src: SocketAddr,
-        /// Segment size, ECN and destination address.
-        meta: RecvMeta,
-    },
-    /// Another thread woke the shard through its [`Waker`].
-    Wake,
-    /// A send slot came free: connections waiting for one may transmit again.
-    SlotFree,
-}
-
-/// Wakes a shard's ring from any thread.
-#[derive(Debug, Clone)]
-pub struct Waker(Arc<OwnedFd>);
-
-impl Waker {
-    /// Makes the shard's pending ring wait return.
-    pub fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: the eventfd is open for as long as this Arc lives; we pass a local 8-byte
-        // buffer, which is what an eventfd write takes, and the kernel only reads it during
-        // the call. A failed write (counter saturated) still leaves the eventfd readable.
-        unsafe {
-            libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len());
-        }
-    }
-}
-
-/// Creates the eventfd a shard waits on, and the waker that other threads hold.
-pub fn waker() -> io::Result<Waker> {
-    // SAFETY: plain system call; on success we take sole ownership of the new descriptor.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-    Ok(Waker(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) })))
-}
 
 /// The provided-buffer ring: `RECV_BUFS` buffers of `RECV_BUF_LEN` bytes and the ring of
 /// `io_uring_buf` entries that tells the kernel which of them are free.
@@ -177,7 +129,7 @@ impl RecvBuffers {
 
 impl Drop for RecvBuffers {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts. `Datapath::drop` only lets this run
+        // SAFETY: allocated in `new` with these layouts. `UringDatapath::drop` only lets this run
         // after every operation that could write the buffers has completed (or leaks us).
         unsafe {
             alloc::dealloc(self.memory.as_ptr(), Self::memory_layout());
@@ -198,7 +150,7 @@ struct SendSlot {
 }
 
 /// One shard's sockets and ring.
-pub struct Datapath {
+pub struct UringDatapath {
     ring: IoUring,
     sockets: Vec<Socket>,
     v6: Vec<bool>,
@@ -222,7 +174,8 @@ pub struct Datapath {
     stats: Arc<ShardStats>,
 }
 
-/// Why io_uring cannot be used here, in one line a user can act on.
+/// Why io_uring cannot be used here, in one line a user can act on: the cause, then what
+/// would make io_uring usable.
 pub fn probe() -> Result<(), String> {
     let err = match IoUring::new(8) {
         Ok(ring) => {
@@ -231,7 +184,7 @@ pub fn probe() -> Result<(), String> {
             if ring.submitter().register_probe(&mut probe).is_err()
                 || !probe.is_supported(opcode::RecvMsg::CODE)
             {
-                return Err("io_uring is present but too old: quring needs Linux 6.0 or newer (multishot recvmsg, provided buffer rings)".into());
+                return Err("io_uring is present but too old; the io_uring datapath needs Linux 6.0 or newer (multishot recvmsg, provided buffer rings)".into());
             }
             return Ok(());
         }
@@ -241,15 +194,15 @@ pub fn probe() -> Result<(), String> {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     Err(match (err.raw_os_error(), disabled.as_str()) {
-        (_, "2") => "io_uring is disabled on this host (sysctl kernel.io_uring_disabled=2); set it to 0 to run quring".into(),
-        (Some(libc::EPERM), "1") => "io_uring is restricted to the group in kernel.io_uring_group (kernel.io_uring_disabled=1) and this process is not in it".into(),
-        (Some(libc::EPERM), _) => "io_uring_setup was denied (EPERM): a seccomp filter blocks io_uring, as container runtimes' default profiles do; allow the io_uring syscalls or run outside the container".into(),
-        (Some(libc::ENOSYS), _) => "this kernel has no io_uring (io_uring_setup: ENOSYS); quring needs Linux 6.0 or newer".into(),
+        (_, "2") => "io_uring is disabled on this host (sysctl kernel.io_uring_disabled=2); set it to 0 to allow io_uring".into(),
+        (Some(libc::EPERM), "1") => "io_uring is restricted to the group in kernel.io_uring_group (kernel.io_uring_disabled=1) and this process is not in it; run in that group or set kernel.io_uring_disabled=0".into(),
+        (Some(libc::EPERM), _) => "io_uring_setup was denied (EPERM): a seccomp filter blocks io_uring, as container runtimes' default profiles do; allow io_uring_setup, io_uring_enter and io_uring_register in the profile (see tuning/README.md)".into(),
+        (Some(libc::ENOSYS), _) => "this kernel has no io_uring (io_uring_setup: ENOSYS); the io_uring datapath needs Linux 6.0 or newer".into(),
         _ => format!("io_uring could not be set up: {err}"),
     })
 }
 
-impl Datapath {
+impl UringDatapath {
     /// Builds the ring for `sockets` (all bound, in the shard's order) and arms the receives.
     /// Must run on the shard's own thread: the ring is single-issuer.
     pub fn new(
@@ -278,7 +231,7 @@ impl Datapath {
         };
         let mut bufs = RecvBuffers::new()?;
         // SAFETY: the ring memory holds RECV_BUFS entries and stays allocated until
-        // `RecvBuffers::drop`, which `Datapath::drop` orders after unregistering/draining.
+        // `RecvBuffers::drop`, which `UringDatapath::drop` orders after unregistering/draining.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufs.ring.as_ptr() as u64,
@@ -314,7 +267,7 @@ impl Datapath {
             .collect();
         let n = sockets.len();
         let (sockets, v6) = sockets.into_iter().unzip();
-        Ok(Datapath {
+        Ok(UringDatapath {
             ring,
             sockets,
             v6,
@@ -323,7 +276,7 @@ impl Datapath {
             bufs: ManuallyDrop::new(bufs),
             slots: ManuallyDrop::new(slots),
             free_slots: (0..SEND_SLOTS as u16).rev().collect(),
-            wake_fd: waker.0.clone(),
+            wake_fd: waker.fd(),
             wake_buf: ManuallyDrop::new(Box::new([0; 8])),
             wake_armed: false,
             inflight: 0,
@@ -591,14 +544,7 @@ impl Datapath {
         let meta = SendMeta {
             segment_size: segment.map(|s| s as u16),
             ecn: t.ecn.map_or(0, |e| e as u8),
-            src_ip: t
-                .src_ip
-                .filter(|ip| !ip.is_unspecified())
-                .map(|ip| match ip {
-                    // A v6 socket sending to a mapped address takes the source as IPv4 too.
-                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                    v4 => v4,
-                }),
+            src_ip: super::source_ip(t.src_ip),
             dst_v4,
         };
         let control_len = cmsg::encode(&meta, &mut slot.control);
@@ -624,18 +570,7 @@ impl Datapath {
     }
 }
 
-/// What [`Datapath::send`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// A send was submitted.
-    Sent,
-    /// There was nothing to send.
-    Idle,
-    /// Every slot is in flight; try again after [`Event::SlotFree`].
-    NoSlot,
-}
-
-impl Drop for Datapath {
+impl Drop for UringDatapath {
     fn drop(&mut self) {
         // Cancel every operation, then wait for each final completion, so the kernel holds no
         // pointer into the buffers freed below. Bounded: about a second at most.

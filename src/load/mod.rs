@@ -24,7 +24,7 @@ pub use report::Summary;
 
 use crate::error::Error;
 use crate::tls::{self, ClientTicketStore, ClientTls, ServerTrust};
-use crate::Client;
+use crate::{Client, DatapathKind};
 
 /// What each request asks of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,8 @@ pub struct LoadConfig {
     /// Write a qlog file per connection into this directory
     /// ([`crate::ClientBuilder::qlog_dir`]).
     pub qlog_dir: Option<PathBuf>,
+    /// The datapath the client shards run.
+    pub datapath: DatapathKind,
 }
 
 impl LoadConfig {
@@ -288,7 +290,8 @@ pub fn run(
     .pin(config.pin)
     .bind(bind)
     .drain_timeout(Duration::from_millis(500))
-    .busy_poll(config.busy_poll);
+    .busy_poll(config.busy_poll)
+    .datapath(config.datapath);
     if let Some(dir) = &config.qlog_dir {
         let idle = tls::idle_timeout(CLIENT_IDLE_TIMEOUT)?;
         builder = builder.qlog_dir(dir.clone(), move || tls::transport_config(idle));

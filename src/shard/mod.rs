@@ -34,7 +34,7 @@ use crate::app::{
     App, AppFactory, Conn, ConnId, Control, Driver, DriverFactory, DriverPoll, HandshakeInfo,
     Hello, Refusal,
 };
-use crate::datapath::{cmsg::RecvMeta, Datapath, Offloads, SendOutcome, Waker};
+use crate::datapath::{cmsg::RecvMeta, Datapath, DatapathKind, Offloads, SendOutcome, Waker};
 use crate::error::Error;
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
@@ -97,6 +97,8 @@ pub(crate) struct ShardParams {
     pub index: usize,
     /// The shard's sockets, one per listen address, and whether each is IPv6.
     pub sockets: Vec<(Socket, bool)>,
+    /// The datapath to run them on (already resolved: io_uring is known to work).
+    pub datapath: DatapathKind,
     pub offloads: Offloads,
     pub endpoint_config: Arc<quinn_proto::EndpointConfig>,
     pub layout: CidLayout,
@@ -223,6 +225,7 @@ impl Shard {
     /// Builds the shard on its own thread.
     pub fn new(p: ShardParams) -> std::io::Result<Shard> {
         let datapath = Datapath::new(
+            p.datapath,
             p.sockets,
             p.offloads,
             &p.waker,
@@ -650,15 +653,16 @@ impl Shard {
             if self.dirty.is_empty() {
                 self.dirty = batch;
             }
+            // After every batch, so that the heap never holds more than a batch's new
+            // entries beyond the compaction bound, and stops growing once it has held that.
+            let conns = &self.conns;
+            self.timers.compact(self.open, |slot| {
+                conns
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .and_then(|e| e.timer)
+            });
         }
-        let conns = &self.conns;
-        let live = self.open;
-        self.timers.compact(live, |slot| {
-            conns
-                .get(slot)
-                .and_then(Option::as_ref)
-                .and_then(|e| e.timer)
-        });
         Ok(())
     }
 

@@ -80,27 +80,27 @@ pub struct Quring {
 
 impl Quring {
     pub fn spawn(args: &[&str]) -> Quring {
-        Quring::start(args, None)
+        Quring::spawn_with(args, |_| {})
     }
 
     /// Like [`Quring::spawn`], in the working directory `cwd`.
     pub fn spawn_in(cwd: &Path, args: &[&str]) -> Quring {
-        Quring::start(args, Some(cwd))
+        Quring::spawn_with(args, |cmd| {
+            cmd.current_dir(cwd);
+        })
     }
 
-    fn start(args: &[&str], cwd: Option<&Path>) -> Quring {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_quring"));
-        if let Some(cwd) = cwd {
-            command.current_dir(cwd);
-        }
-        let mut child = command
-            .args(args)
+    /// As [`Quring::spawn`], with `setup` adjusting the command first (environment, a
+    /// `pre_exec` hook).
+    pub fn spawn_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Quring {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quring"));
+        cmd.args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn quring");
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn quring");
         let out = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         let stdout = std::thread::spawn(move || {
