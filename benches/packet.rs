@@ -1,17 +1,25 @@
 //! Per-packet costs without sockets, in CPU time per datagram:
 //! - control messages: decoding what the kernel attaches to a received GRO batch (segment
 //!   size, ECN, destination address) and encoding what a GSO send asks for;
-//! - connection IDs: generating a CID that names its shard.
+//! - connection IDs: generating a CID that names its shard;
+//! - the whole path of a shard without sockets: a quring server shard and a quring client
+//!   shard (the load generator) on one thread, joined by in-memory queues
+//!   (`load::run_in_memory`), for small requests (1 KiB each way, 10 streams) and bulk
+//!   (1 MiB perf responses). Both sides' costs are in the figure: per request, and per byte.
 //!
 //! `cargo bench --bench packet`
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
+use std::time::Duration;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quinn_proto::ConnectionIdGenerator;
 use quring::datapath::cmsg::{self, SendMeta, SEND_CONTROL_LEN};
+use quring::load::{LoadConfig, Mode, Protocol};
 use quring::routing::CidLayout;
+use quring::tls::ServerTrust;
 
 /// One control message as the kernel lays it out on 64-bit Linux: `cmsg_len` (usize), level,
 /// type, then the data padded to 8 bytes.
@@ -77,5 +85,53 @@ fn connection_ids(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, control_messages, connection_ids);
+/// A load of `requests` on one connection, in memory.
+fn load(protocol: Protocol, requests: u64, request: u64, response: u64) -> LoadConfig {
+    LoadConfig {
+        target: quring::memory::SERVER_ADDR,
+        server_name: "localhost".into(),
+        threads: 1,
+        pin: false,
+        conns: 1,
+        streams: 10,
+        request_size: request,
+        response_size: response,
+        protocol,
+        mode: Mode::Streams,
+        duration: Duration::from_secs(60),
+        warmup: Duration::ZERO,
+        requests: Some(requests),
+        rate: None,
+        resume: false,
+        zero_rtt: false,
+        alpn: protocol.name().as_bytes().to_vec(),
+        trust: ServerTrust::Insecure,
+        busy_poll: Duration::ZERO,
+        datapath: quring::DatapathKind::Uring,
+        qlog_dir: None,
+    }
+}
+
+fn run(config: &LoadConfig) {
+    let server = quring::Server::builder()
+        .app(quring::apps::by_name("echo").expect("echo"))
+        .app(quring::apps::by_name("perf").expect("perf"));
+    let outcome = quring::load::run_in_memory(config, server).expect("in-memory run");
+    assert_eq!(outcome.summary.errors_total(), 0);
+    assert_eq!(Some(outcome.summary.requests), config.requests);
+}
+
+fn shard_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard_path_in_memory");
+    group.sample_size(10);
+    let small = load(Protocol::Echo, 2000, 1024, 1024);
+    group.throughput(Throughput::Elements(2000));
+    group.bench_function("requests_1KiB_echo", |b| b.iter(|| run(&small)));
+    let bulk = load(Protocol::Perf, 32, 0, 1 << 20);
+    group.throughput(Throughput::Bytes(32 << 20));
+    group.bench_function("bulk_perf_1MiB_responses", |b| b.iter(|| run(&bulk)));
+    group.finish();
+}
+
+criterion_group!(benches, control_messages, connection_ids, shard_path);
 criterion_main!(benches);

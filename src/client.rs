@@ -91,6 +91,34 @@ impl ClientBuilder {
     /// Binds every shard's socket and starts the shards; each builds its driver and starts
     /// polling it at once.
     pub fn start(self) -> Result<Client, Error> {
+        let pin = self.pin;
+        let built = self.build(true)?;
+        // From the last core down, while a server's shards take the first cores up: a client
+        // and a server on one machine share no core until together they need all of them.
+        let cores = if pin {
+            let mut cores = core_affinity::get_core_ids().unwrap_or_default();
+            cores.reverse();
+            cores
+        } else {
+            Vec::new()
+        };
+        let stop = built.stop.clone();
+        let threads = ShardThreads::start(built.params, cores, "quring-client", || {
+            stop.store(true, Ordering::Release)
+        })?;
+        Ok(Client {
+            threads,
+            stop: built.stop,
+            local_addrs: built.local_addrs,
+            offloads: built.offloads,
+            datapath: built.datapath,
+        })
+    }
+
+    /// Everything [`ClientBuilder::start`] does before starting threads: binds each shard's
+    /// socket (with `bind`; without, the shards get none and are driven in memory) and
+    /// describes each shard.
+    pub(crate) fn build(self, bind: bool) -> Result<BuiltClient, Error> {
         let threads = self
             .threads
             .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)));
@@ -106,14 +134,14 @@ impl ClientBuilder {
         let datapath = match self.datapath {
             Some(kind) => kind,
             None => DatapathKind::from_env().map_err(Error::Config)?,
-        }
-        .resolve();
+        };
+        let datapath = if bind { datapath.resolve() } else { datapath };
         // Client CIDs name their shard like a server's: every datagram a server sends to a
         // shard's socket carries that shard's CID, so none is ever handed off.
         let layout = CidLayout::new(threads, 0, Vec::new())?;
         let mut sockets = Vec::with_capacity(threads);
         let mut offloads = Offloads::ALL;
-        for _ in 0..threads {
+        for _ in 0..threads * usize::from(bind) {
             let (s, o) =
                 socket::bind_shard(self.bind, false).map_err(|e| Error::Socket(self.bind, e))?;
             offloads = offloads.intersect(o);
@@ -131,13 +159,13 @@ impl ClientBuilder {
         let (handoff, wiring) = shard::wire(&layout)?;
         let stop = Arc::new(AtomicBool::new(false));
         let v6 = self.bind.is_ipv6();
-        let params = sockets
+        let mut sockets = sockets.into_iter();
+        let params = wiring
             .into_iter()
-            .zip(wiring)
             .enumerate()
-            .map(|(index, (socket, wired))| ShardParams {
+            .map(|(index, wired)| ShardParams {
                 index,
-                sockets: vec![(socket, v6)],
+                sockets: sockets.next().map(|s| (s, v6)).into_iter().collect(),
                 datapath,
                 offloads,
                 endpoint_config: wired.endpoint_config,
@@ -161,26 +189,23 @@ impl ClientBuilder {
                 qlog: qlog.clone(),
             })
             .collect();
-        // From the last core down, while a server's shards take the first cores up: a client
-        // and a server on one machine share no core until together they need all of them.
-        let cores = if self.pin {
-            let mut cores = core_affinity::get_core_ids().unwrap_or_default();
-            cores.reverse();
-            cores
-        } else {
-            Vec::new()
-        };
-        let threads = ShardThreads::start(params, cores, "quring-client", || {
-            stop.store(true, Ordering::Release)
-        })?;
-        Ok(Client {
-            threads,
+        Ok(BuiltClient {
+            params,
             stop,
             local_addrs,
             offloads,
             datapath,
         })
     }
+}
+
+/// Client shards described but not started: their parameters and what [`Client`] reports.
+pub(crate) struct BuiltClient {
+    pub params: Vec<ShardParams>,
+    pub stop: Arc<AtomicBool>,
+    pub local_addrs: Vec<SocketAddr>,
+    pub offloads: Offloads,
+    pub datapath: DatapathKind,
 }
 
 /// Running client shards: each runs until its driver is done or [`Client::stop`].

@@ -31,6 +31,7 @@ mod client;
 pub mod datapath;
 mod error;
 pub mod load;
+pub mod memory;
 pub mod metrics;
 pub mod routing;
 mod server;

@@ -205,6 +205,36 @@ impl ServerBuilder {
 
     /// Binds every socket, starts every shard, and returns once all serve.
     pub fn start(self) -> Result<Server, Error> {
+        let pin = self.pin;
+        let built = self.build(true)?;
+        let cores = if pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let stop = built.stop.clone();
+        let threads = ShardThreads::start(built.params, cores, "quring-shard", || {
+            stop.store(true, Ordering::Release)
+        })?;
+        Ok(Server {
+            addrs: built.addrs,
+            threads,
+            stop: built.stop,
+            identity: built.identity,
+            offloads: built.offloads,
+            buffers: built.buffers,
+            alpns: built.alpns,
+            steering: built.steering,
+            datapath: built.datapath,
+            ticket_cache: built.ticket_cache,
+            qlog_dir: built.qlog_dir,
+        })
+    }
+
+    /// Everything [`ServerBuilder::start`] does before starting threads: checks the settings,
+    /// makes the TLS configuration, binds the sockets (with `bind`; without, the shards get
+    /// none and are driven in memory) and describes each shard.
+    pub(crate) fn build(self, bind: bool) -> Result<Built, Error> {
         let shards = self
             .shards
             .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)));
@@ -234,8 +264,8 @@ impl ServerBuilder {
         let datapath = match self.datapath {
             Some(kind) => kind,
             None => DatapathKind::from_env().map_err(Error::Config)?,
-        }
-        .resolve();
+        };
+        let datapath = if bind { datapath.resolve() } else { datapath };
         let identity = match self.identity {
             Some(identity) => identity,
             None => Identity::self_signed()?,
@@ -268,7 +298,9 @@ impl ServerBuilder {
         };
         let layout = CidLayout::new(shards, self.lb_config_id, self.server_id)?;
 
-        let requested = if self.listen.is_empty() {
+        let requested = if !bind {
+            Vec::new()
+        } else if self.listen.is_empty() {
             vec![DEFAULT_LISTEN
                 .parse()
                 .map_err(|_| Error::Config("bad default address".into()))?]
@@ -302,7 +334,7 @@ impl ServerBuilder {
         }
 
         let steering = match self.steering {
-            _ if self.udp_echo => Steering::None,
+            _ if self.udp_echo || !bind => Steering::None,
             Steering::None => Steering::None,
             Steering::Bpf => {
                 let program = steering::program(&layout);
@@ -358,17 +390,9 @@ impl ServerBuilder {
                 qlog: qlog.clone(),
             })
             .collect();
-        let cores = if self.pin {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let threads = ShardThreads::start(params, cores, "quring-shard", || {
-            stop.store(true, Ordering::Release)
-        })?;
-        Ok(Server {
+        Ok(Built {
+            params,
             addrs,
-            threads,
             stop,
             identity,
             offloads,
@@ -391,6 +415,21 @@ fn bind_error(addr: SocketAddr, e: std::io::Error) -> Error {
 }
 
 /// A running server: its shards serve until [`Server::shutdown`] (or drop).
+/// A server described but not started: its shards' parameters and what [`Server`] reports.
+pub(crate) struct Built {
+    pub params: Vec<ShardParams>,
+    pub addrs: Vec<SocketAddr>,
+    pub stop: Arc<AtomicBool>,
+    pub identity: Identity,
+    pub offloads: Offloads,
+    pub buffers: SocketBuffers,
+    pub alpns: Vec<Vec<u8>>,
+    pub steering: Steering,
+    pub datapath: DatapathKind,
+    pub ticket_cache: Arc<TicketCache>,
+    pub qlog_dir: Option<PathBuf>,
+}
+
 pub struct Server {
     addrs: Vec<SocketAddr>,
     threads: ShardThreads,

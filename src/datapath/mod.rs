@@ -147,6 +147,9 @@ pub enum Datapath {
     Uring(UringDatapath),
     /// See [`DatapathKind::Portable`].
     Portable(PortableDatapath),
+    /// In-memory queues instead of sockets, for a shard driven on the caller's thread
+    /// ([`crate::memory`]).
+    Memory(memory::Memory),
 }
 
 impl Datapath {
@@ -175,6 +178,7 @@ impl Datapath {
         match self {
             Datapath::Uring(d) => d.offloads(),
             Datapath::Portable(d) => d.offloads(),
+            Datapath::Memory(d) => d.offloads(),
         }
     }
 
@@ -184,6 +188,7 @@ impl Datapath {
         match self {
             Datapath::Uring(d) => d.wait(timeout),
             Datapath::Portable(d) => d.wait(timeout),
+            Datapath::Memory(_) => Ok(()),
         }
     }
 
@@ -194,6 +199,7 @@ impl Datapath {
         match self {
             Datapath::Uring(d) => d.next_event(arena),
             Datapath::Portable(d) => d.next_event(arena),
+            Datapath::Memory(d) => d.next_event(arena),
         }
     }
 
@@ -202,6 +208,7 @@ impl Datapath {
         match self {
             Datapath::Uring(d) => d.can_send(),
             Datapath::Portable(d) => d.can_send(),
+            Datapath::Memory(d) => d.can_send(),
         }
     }
 
@@ -210,6 +217,7 @@ impl Datapath {
         match self {
             Datapath::Uring(d) => d.max_segments(segment_size),
             Datapath::Portable(d) => d.max_segments(segment_size),
+            Datapath::Memory(d) => d.max_segments(segment_size),
         }
     }
 
@@ -224,6 +232,7 @@ impl Datapath {
         match self {
             Datapath::Uring(d) => d.send(socket, fill),
             Datapath::Portable(d) => d.send(socket, fill),
+            Datapath::Memory(d) => Ok(d.send(fill)),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, unbounded, Sender};
+use crossbeam_channel::{select, tick, unbounded, Receiver, Sender};
 use hdrhistogram::Histogram;
 
 pub use counters::{ErrorKind, LoadCounters, LoadSnapshot};
@@ -24,7 +24,7 @@ pub use report::Summary;
 
 use crate::error::Error;
 use crate::tls::{self, ClientTicketStore, ClientTls, ServerTrust};
-use crate::{Client, DatapathKind};
+use crate::{Client, ClientBuilder, DatapathKind, ServerBuilder};
 
 /// What each request asks of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +249,76 @@ pub fn run(
     interrupted: &AtomicBool,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Outcome, Error> {
+    let (builder, run) = prepare(config)?;
+    let client = builder.start()?;
+    let plan = &run.plan;
+    let ticker = tick(Duration::from_millis(100));
+    let mut last = (Instant::now(), LoadSnapshot::default());
+    let mut exited = 0;
+    let mut stopping = false;
+    while exited < run.threads {
+        select! {
+            recv(client.shard_exited()) -> _ => exited += 1,
+            recv(ticker) -> _ => {
+                if !stopping && (plan.failed.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed)) {
+                    stopping = true;
+                    client.stop();
+                }
+                let now = Instant::now();
+                if now.duration_since(last.0) >= Duration::from_secs(1) {
+                    let snap = snapshot(&plan.live);
+                    let secs = now.duration_since(last.0).as_secs_f64();
+                    progress(&Progress {
+                        elapsed: now.duration_since(run.start).as_secs_f64(),
+                        warming_up: now < run.measure_from,
+                        requests_per_s: (snap.requests - last.1.requests) as f64 / secs,
+                        gbit_per_s: ((snap.bytes_sent + snap.bytes_received)
+                            - (last.1.bytes_sent + last.1.bytes_received)) as f64 * 8.0 / secs / 1e9,
+                        conns_open: snap.conns_open,
+                        errors: snap.errors_total(),
+                    });
+                    last = (now, snap);
+                }
+            }
+        }
+    }
+    let finished = Instant::now();
+    client.join()?;
+    outcome(config, run, finished)
+}
+
+/// Runs the load of `config` against a one-shard server built from `server`, both on this
+/// thread and joined in memory ([`crate::memory::Link`]): the whole per-packet path of both
+/// sides without sockets or threads, for benchmarks and instruction counts. The run has one
+/// client shard, its target is ignored, and it should end by a request count.
+pub fn run_in_memory(config: &LoadConfig, server: ServerBuilder) -> Result<Outcome, Error> {
+    let mut config = config.clone();
+    config.threads = 1;
+    config.target = crate::memory::SERVER_ADDR;
+    let (builder, run) = prepare(&config)?;
+    let mut link = crate::memory::Link::new(server, builder)?;
+    let deadline = run.plan.end + CLIENT_IDLE_TIMEOUT;
+    while link.turn()? {
+        if Instant::now() > deadline {
+            return Err(Error::Config(
+                "the in-memory run did not finish in time".into(),
+            ));
+        }
+    }
+    outcome(&config, run, Instant::now())
+}
+
+/// A run set up but not started.
+struct Prepared {
+    plan: Arc<Plan>,
+    intervals: Receiver<Interval>,
+    threads: usize,
+    start: Instant,
+    measure_from: Instant,
+}
+
+/// Sets up a run: checks `config`, and describes its client shards and their drivers.
+fn prepare(config: &LoadConfig) -> Result<(ClientBuilder, Prepared), Error> {
     config.validate()?;
     let tickets = (config.resume || config.zero_rtt).then(|| Arc::new(ClientTicketStore::new(16)));
     let client_config = tls::client_config(&ClientTls {
@@ -259,7 +329,7 @@ pub fn run(
         idle_timeout: CLIENT_IDLE_TIMEOUT,
     })?;
     let threads = config.threads.min(config.conns);
-    let (tx, rx) = unbounded();
+    let (tx, intervals) = unbounded();
     let start = Instant::now();
     let measure_from = start + config.warmup;
     let plan = Arc::new(Plan {
@@ -296,47 +366,26 @@ pub fn run(
         let idle = tls::idle_timeout(CLIENT_IDLE_TIMEOUT)?;
         builder = builder.qlog_dir(dir.clone(), move || tls::transport_config(idle));
     }
-    let client = builder.start()?;
+    let run = Prepared {
+        plan,
+        intervals,
+        threads,
+        start,
+        measure_from,
+    };
+    Ok((builder, run))
+}
 
-    let ticker = tick(Duration::from_millis(100));
-    let mut last = (Instant::now(), LoadSnapshot::default());
-    let mut exited = 0;
-    let mut stopping = false;
-    while exited < threads {
-        select! {
-            recv(client.shard_exited()) -> _ => exited += 1,
-            recv(ticker) -> _ => {
-                if !stopping && (plan.failed.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed)) {
-                    stopping = true;
-                    client.stop();
-                }
-                let now = Instant::now();
-                if now.duration_since(last.0) >= Duration::from_secs(1) {
-                    let snap = snapshot(&plan.live);
-                    let secs = now.duration_since(last.0).as_secs_f64();
-                    progress(&Progress {
-                        elapsed: now.duration_since(start).as_secs_f64(),
-                        warming_up: now < measure_from,
-                        requests_per_s: (snap.requests - last.1.requests) as f64 / secs,
-                        gbit_per_s: ((snap.bytes_sent + snap.bytes_received)
-                            - (last.1.bytes_sent + last.1.bytes_received)) as f64 * 8.0 / secs / 1e9,
-                        conns_open: snap.conns_open,
-                        errors: snap.errors_total(),
-                    });
-                    last = (now, snap);
-                }
-            }
-        }
-    }
-    let finished = Instant::now();
-    client.join()?;
+/// The summary and interval log of a run that ended at `finished`.
+fn outcome(config: &LoadConfig, run: Prepared, finished: Instant) -> Result<Outcome, Error> {
+    let plan = run.plan;
     if let Some(msg) = plan.fatal.lock().ok().and_then(|mut f| f.take()) {
         return Err(Error::Config(msg));
     }
     let mut latency = histogram();
     let mut handshake = histogram();
     let mut intervals = Vec::new();
-    for i in rx.try_iter() {
+    for i in run.intervals.try_iter() {
         // Same bounds on both sides: adding cannot fail.
         let _ = latency.add(&i.latency);
         let _ = handshake.add(&i.handshake);
@@ -356,10 +405,10 @@ pub fn run(
     let intervals = report::merge_interval_logs(vec![intervals]).map_err(Error::Config)?;
     let measured = finished
         .min(plan.end)
-        .saturating_duration_since(measure_from);
+        .saturating_duration_since(run.measure_from);
     let summary = Summary::new(
         config,
-        threads,
+        run.threads,
         measured,
         &snapshot(&plan.live),
         latency,

@@ -214,6 +214,9 @@ pub(crate) struct Shard {
     driver_done: bool,
     /// Set when the shard stops: connections that have not closed by then are dropped.
     drain_deadline: Option<Instant>,
+    /// The shard's clock when it is virtual (a shard driven in memory): it stands still
+    /// except when [`Shard::skip_to`] moves it. `None`: the real clock.
+    clock: Option<Instant>,
     /// Slots of the driver's connections by sequence number.
     dialed: HashMap<u64, usize>,
     /// Raw UDP echo instead of QUIC.
@@ -223,15 +226,20 @@ pub(crate) struct Shard {
 
 impl Shard {
     /// Builds the shard on its own thread.
-    pub fn new(p: ShardParams) -> std::io::Result<Shard> {
+    pub fn new(mut p: ShardParams) -> std::io::Result<Shard> {
         let datapath = Datapath::new(
             p.datapath,
-            p.sockets,
+            std::mem::take(&mut p.sockets),
             p.offloads,
             &p.waker,
             p.stats.clone(),
             p.busy_poll,
         )?;
+        Ok(Shard::with_datapath(p, datapath))
+    }
+
+    /// Builds the shard on `datapath` (`p.sockets` unused).
+    pub fn with_datapath(p: ShardParams, datapath: Datapath) -> Shard {
         let qlog = p
             .qlog
             .map(|dir| ShardQlog::new(dir, p.index, p.stats.clone(), p.server_config.clone()));
@@ -244,7 +252,7 @@ impl Shard {
                 app: f.build(p.index),
             })
             .collect();
-        Ok(Shard {
+        Shard {
             index: p.index,
             datapath,
             endpoint,
@@ -274,10 +282,39 @@ impl Shard {
             driver_wake: None,
             driver_done: false,
             drain_deadline: None,
+            clock: None,
             dialed: HashMap::new(),
             udp_echo: p.udp_echo,
             qlog,
-        })
+        }
+    }
+
+    /// The shard's clock: the real one, or the virtual one.
+    fn now(&self) -> Instant {
+        self.clock.unwrap_or_else(Instant::now)
+    }
+
+    /// Gives the shard a virtual clock that starts at `at` and moves only with
+    /// [`Shard::skip_to`]: what it does then depends only on what it receives, not on how
+    /// fast it runs.
+    pub fn use_virtual_clock(&mut self, at: Instant) {
+        self.clock = Some(at);
+    }
+
+    /// When the shard next has something to do on its own (a timer, its driver), on its clock.
+    pub fn next_wake(&self) -> Option<Instant> {
+        match (self.timers.next(), self.driver_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves a virtual clock forward to `at` (never back), as if the shard had waited that
+    /// long; the real clock cannot be moved.
+    pub fn skip_to(&mut self, at: Instant) {
+        if let Some(clock) = &mut self.clock {
+            *clock = (*clock).max(at);
+        }
     }
 
     /// Runs until stopped and drained.
@@ -290,7 +327,7 @@ impl Shard {
     /// wait on the datapath (bounded by the next timer) and what it delivered. Returns `false`
     /// once the shard has stopped and its connections are closed (or the drain timed out).
     pub fn turn(&mut self) -> std::io::Result<bool> {
-        let now = Instant::now();
+        let now = self.now();
         while let Some((at, slot)) = self.timers.pop_due(now) {
             if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
                 if entry.timer == Some(at) {
@@ -333,7 +370,7 @@ impl Shard {
     }
 
     fn process_completions(&mut self) {
-        let now = Instant::now();
+        let now = self.now();
         while let Some(event) = self.datapath.next_event(self.arena.room()) {
             match event {
                 crate::datapath::Event::Recv { socket, src, meta } => {
