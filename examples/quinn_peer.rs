@@ -46,7 +46,7 @@ type Result<T> = std::result::Result<T, BoxError>;
 /// How long a connection may stay idle (quring's `--idle-timeout` default).
 const IDLE_TIMEOUT_MS: u32 = 30_000;
 /// Concurrent streams the peer may open, each direction (as quring).
-const MAX_STREAMS: u32 = 1024;
+const MAX_STREAMS: u32 = quring::tls::MAX_STREAMS;
 /// Per-stream receive window (as quring).
 const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
 /// Bytes buffered for sending across all streams of a connection (as quring).
