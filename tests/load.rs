@@ -537,7 +537,7 @@ fn bad_input_gets_one_line_and_exit_2() {
         ],
         quick,
     );
-    assert!(line.contains("allows only 1024"), "{line}");
+    assert!(line.contains("allows only 256"), "{line}");
     // A certificate the server does not have.
     let dir = TempDir::new("badcert");
     let other = dir.file("other.pem");
