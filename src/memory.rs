@@ -140,6 +140,19 @@ impl MemoryShard {
         Ok(self.running)
     }
 
+    /// When no datagram waits for the shard, moves its clock to its next timer (a lone shard's
+    /// clock moves only this way; a [`Link`] moves both of its shards' clocks itself). Returns
+    /// whether it moved.
+    pub fn skip_idle(&mut self) -> bool {
+        match self.shard.next_wake() {
+            Some(at) if self.inbox.borrow().is_empty() => {
+                self.shard.skip_to(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether no datagram waits in either of the shard's queues.
     fn quiet(&self) -> bool {
         self.inbox.borrow().is_empty() && self.outbox.borrow().is_empty()

@@ -3,6 +3,8 @@
 //! each protocol completes, byte-checked, with no error, and the counters of the two sides
 //! agree datagram for datagram.
 
+mod common;
+
 use std::time::Duration;
 
 use quring::load::{LoadConfig, Mode, Protocol};
@@ -54,7 +56,8 @@ fn every_protocol_completes_in_memory() {
         (Protocol::Echo, Mode::NewConnPerRequest, 1000),
     ] {
         let c = config(protocol, mode, 300, response);
-        let outcome = quring::load::run_in_memory(&c, server()).expect("in-memory run");
+        let outcome = quring::load::run_in_memory(&c, server())
+            .unwrap_or_else(|e| panic!("{protocol:?} {mode:?}: {e}"));
         let s = &outcome.summary;
         assert_eq!(s.requests, 300, "{protocol:?} {mode:?}");
         assert_eq!(s.errors_total(), 0, "{protocol:?} {mode:?}: {s}");
@@ -78,4 +81,35 @@ fn a_lone_server_shard_takes_any_bytes() {
         !shard.turn().expect("turn"),
         "stops at once with no connection"
     );
+}
+
+#[test]
+fn a_lone_server_shard_accepts_real_initials_and_drains_when_stopped() {
+    let mut shard = MemoryShard::server(server()).expect("server shard");
+    let initials = common::real_initials(memory::SERVER_ADDR, 3);
+    for (i, initial) in initials.iter().enumerate() {
+        let src = format!("192.0.2.9:{}", 4000 + i).parse().unwrap();
+        shard.deliver(src, initial);
+    }
+    // One round takes the datagrams in, the next answers them.
+    assert!(shard.turn().expect("turn") && shard.turn().expect("turn"));
+    let mut out = bytes::BytesMut::new();
+    let mut answers = 0;
+    while shard.take_sent(&mut out).is_some() {
+        answers += 1;
+    }
+    let stats = shard.stats();
+    assert_eq!(stats.conns_open, 3, "{stats}");
+    assert!(answers >= 3, "each client got its server flight: {answers}");
+    // Stopped, with clients that never answer: the shard closes each connection and, its
+    // clock skipping to each timer, is done once they have drained.
+    shard.stop();
+    let mut rounds = 0;
+    while shard.turn().expect("turn") {
+        shard.skip_idle();
+        rounds += 1;
+        assert!(rounds < 10_000, "the shard did not finish");
+    }
+    let stats = shard.stats();
+    assert_eq!((stats.conns_open, stats.conns_closed), (0, 3), "{stats}");
 }

@@ -309,11 +309,13 @@ impl Shard {
         }
     }
 
-    /// Moves a virtual clock forward to `at` (never back), as if the shard had waited that
-    /// long; the real clock cannot be moved.
+    /// Moves a virtual clock forward to `at`, as if the shard had waited that long, and by
+    /// at least a microsecond: a timer already due (a pacer that needs time to pass before it
+    /// sends) then sees time pass as it would on the real clock. The real clock cannot be
+    /// moved.
     pub fn skip_to(&mut self, at: Instant) {
         if let Some(clock) = &mut self.clock {
-            *clock = (*clock).max(at);
+            *clock = (*clock + Duration::from_micros(1)).max(at);
         }
     }
 

@@ -32,6 +32,16 @@ pub struct Identity {
     pub cert_pem: String,
 }
 
+impl Clone for Identity {
+    fn clone(&self) -> Identity {
+        Identity {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            cert_pem: self.cert_pem.clone(),
+        }
+    }
+}
+
 impl Identity {
     /// Generates a fresh self-signed certificate for [`SELF_SIGNED_NAMES`].
     pub fn self_signed() -> Result<Identity, Error> {
