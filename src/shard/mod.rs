@@ -7,10 +7,12 @@
 //! app, then transmit what the connections have to send, until the send slots run out.
 
 mod closing;
+mod sources;
 mod threads;
 mod timers;
 
 pub(crate) use closing::CloseAwareFactory;
+pub(crate) use sources::SourceLimit;
 pub(crate) use threads::ShardThreads;
 
 use std::collections::HashMap;
@@ -104,6 +106,9 @@ pub(crate) struct ShardParams {
     /// Connections open on all shards, against `max_conns`.
     pub open_total: Arc<AtomicUsize>,
     pub max_conns: usize,
+    /// Connections open per source address on all shards, against `--max-conns-per-source`
+    /// (`None`: no limit).
+    pub sources: Option<Arc<SourceLimit>>,
     /// Handshakes in flight on this shard above which new clients must first prove their
     /// address with a Retry.
     pub max_handshakes: usize,
@@ -150,6 +155,8 @@ struct Entry {
     accepted_at: Instant,
     /// A server connection counted among the shard's handshakes in flight.
     in_handshake: bool,
+    /// The source address it is counted under in the shard's `SourceLimit`.
+    source: Option<IpAddr>,
     /// What its handshake negotiated, from its completion on.
     handshake: Option<Box<HandshakeInfo>>,
 }
@@ -196,6 +203,7 @@ pub(crate) struct Shard {
     wake_owed: Vec<bool>,
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
+    sources: Option<Arc<SourceLimit>>,
     /// Server handshakes in flight, against `max_handshakes`.
     handshaking: usize,
     max_handshakes: usize,
@@ -250,6 +258,7 @@ impl Shard {
             inbox: p.inbox,
             open_total: p.open_total,
             max_conns: p.max_conns,
+            sources: p.sources,
             handshaking: 0,
             max_handshakes: p.max_handshakes,
             log_handshakes: p.log_handshakes,
@@ -428,14 +437,28 @@ impl Shard {
                     }
                     return;
                 }
+                let source = incoming.remote_address().ip();
+                let counted = match &self.sources {
+                    Some(limit) if !limit.acquire(source) => {
+                        let t = self.endpoint.refuse(incoming, &mut self.response);
+                        self.send_response(socket, t);
+                        self.stats.conns_refused_per_source.add(1);
+                        return;
+                    }
+                    Some(_) => Some(source),
+                    None => None,
+                };
                 match self
                     .endpoint
                     .accept(incoming, now, &mut self.response, None)
                 {
                     Ok((handle, conn)) => {
-                        self.insert(handle, conn, socket, now, Listener::Nobody);
+                        self.insert(handle, conn, socket, now, Listener::Nobody, counted);
                     }
                     Err(e) => {
+                        if let (Some(limit), Some(ip)) = (&self.sources, counted) {
+                            limit.release(ip);
+                        }
                         self.stats.drop_bad_initial.add(1);
                         tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
                         if let Some(t) = e.response {
@@ -492,6 +515,7 @@ impl Shard {
         socket: usize,
         now: Instant,
         listener: Listener,
+        source: Option<IpAddr>,
     ) -> ConnId {
         let slot = handle.0;
         if self.conns.len() <= slot {
@@ -520,6 +544,7 @@ impl Shard {
             window_released: false,
             accepted_at: now,
             in_handshake: listener != Listener::Driver,
+            source,
             handshake: None,
         });
         if listener != Listener::Driver {
@@ -636,6 +661,9 @@ impl Shard {
             }
             if entry.in_handshake {
                 self.handshaking -= 1;
+            }
+            if let (Some(limit), Some(ip)) = (&self.sources, entry.source) {
+                limit.release(ip);
             }
             self.conns[slot] = None;
             self.open -= 1;
@@ -851,7 +879,7 @@ impl Control<'_> {
         let (handle, conn) = shard
             .endpoint
             .connect(self.now, config, remote, server_name)?;
-        let id = shard.insert(handle, conn, 0, self.now, Listener::Driver);
+        let id = shard.insert(handle, conn, 0, self.now, Listener::Driver, None);
         shard.dialed.insert(id.seq, handle.0);
         Ok(id)
     }
