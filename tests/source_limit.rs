@@ -162,3 +162,61 @@ fn no_limit_by_default() {
     assert_eq!(total(&server).conns_refused_per_source, 0);
     server.shutdown().expect("clean shutdown");
 }
+
+/// `quring serve --max-conns-per-source 1`: a second connection from 127.0.0.1 is refused,
+/// and the `stats` line counts it.
+#[test]
+fn serve_flag_refuses_and_counts() {
+    use common::process::{path_str, Quring, TempDir};
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+
+    let dir = TempDir::new("per-source");
+    let cert = dir.file("cert.pem");
+    let mut q = Quring::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+        "--max-conns-per-source",
+        "1",
+        "--cert-out",
+        path_str(&cert),
+    ]);
+    let (_, addrs) = q.wait_listening();
+    let addr = addrs[0];
+    let certs: Vec<_> = CertificateDer::pem_file_iter(&cert)
+        .expect("read --cert-out")
+        .map(|c| c.expect("PEM certificate"))
+        .collect();
+    runtime().block_on(async {
+        let first = endpoint_with(client_config_trusting(certs.clone(), b"echo"), addr);
+        let conn = connect(&first, addr).await;
+        echo_ok(&conn, 1).await;
+        let second = endpoint_with(client_config_trusting(certs, b"echo"), addr);
+        let connecting = second.connect(addr, "localhost").expect("connect starts");
+        match tokio::time::timeout(DEADLINE, connecting).await {
+            Ok(Err(quinn::ConnectionError::ConnectionClosed(close))) => assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            ),
+            Ok(Err(other)) => panic!("expected CONNECTION_REFUSED, got {other}"),
+            Ok(Ok(_)) => panic!("a second connection from 127.0.0.1 was accepted"),
+            Err(_) => panic!("no answer within the deadline"),
+        }
+    });
+    q.signal(libc::SIGTERM);
+    let done = q.wait_exit(DEADLINE);
+    assert!(done.status.success(), "{}\n{}", done.status, done.stderr);
+    let total = done
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("stats total"))
+        .unwrap_or_else(|| panic!("no stats line:\n{}", done.stdout_text()));
+    let fields: Vec<&str> = total.split_whitespace().collect();
+    assert!(
+        fields.contains(&"conns_refused_per_source=1") && fields.contains(&"conns_refused=0"),
+        "{total}"
+    );
+}
