@@ -174,6 +174,7 @@ impl ClientBuilder {
                 inbox: wired.inbox,
                 open_total: Arc::new(AtomicUsize::new(0)),
                 max_conns: usize::MAX,
+                sources: None,
                 max_handshakes: usize::MAX,
                 server_config: None,
                 client_config: Some(self.config.clone()),

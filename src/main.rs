@@ -213,6 +213,10 @@ struct ServeArgs {
     /// CONNECTION_REFUSED [default: no limit].
     #[arg(long, value_name = "N")]
     max_conns: Option<usize>,
+    /// Most connections open at once from one source IP address (all shards together); more
+    /// are refused with CONNECTION_REFUSED [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_conns_per_source: Option<usize>,
     /// Handshakes in flight per shard above which new clients first get a Retry (address
     /// validation) [default: no limit].
     #[arg(long, value_name = "N")]
@@ -363,6 +367,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .datapath(args.datapath);
     if let Some(n) = args.max_conns {
         builder = builder.max_conns(n);
+    }
+    if let Some(n) = args.max_conns_per_source {
+        builder = builder.max_conns_per_source(n);
     }
     if let Some(n) = args.max_handshakes {
         builder = builder.max_handshakes(n);

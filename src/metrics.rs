@@ -35,6 +35,7 @@
 //! | `quring_connections_open` | gauge | connections in the shard's table |
 //! | `quring_connections_closed_total` | counter | connections removed from the table |
 //! | `quring_connections_refused_total` | counter | connections refused during the handshake |
+//! | `quring_connections_refused_per_source_total` | counter | new connections refused because their source address had `--max-conns-per-source` open |
 //! | `quring_handshakes_full_total` | counter | handshakes completed with the certificate |
 //! | `quring_handshakes_resumed_total` | counter | handshakes completed by resuming a session |
 //! | `quring_handshakes_0rtt_accepted_total` | counter | resumed handshakes whose 0-RTT data was accepted |
@@ -383,6 +384,11 @@ const SHARD_METRICS: &[ShardMetric] = &[
         "quring_connections_refused",
         "Connections refused during the handshake.",
         &[("", |s| s.conns_refused)],
+    ),
+    counter(
+        "quring_connections_refused_per_source",
+        "New connections refused because their source address had --max-conns-per-source open.",
+        &[("", |s| s.conns_refused_per_source)],
     ),
     counter(
         "quring_handshakes_full",

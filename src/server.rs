@@ -33,6 +33,7 @@ pub struct ServerBuilder {
     lb_config_id: u8,
     server_id: Vec<u8>,
     max_conns: usize,
+    max_conns_per_source: Option<usize>,
     max_handshakes: usize,
     ticket_cache: Option<Arc<TicketCache>>,
     ticket_capacity: usize,
@@ -112,6 +113,20 @@ impl ServerBuilder {
     /// with CONNECTION_REFUSED (default: no limit).
     pub fn max_conns(mut self, n: usize) -> Self {
         self.max_conns = n;
+        self
+    }
+
+    /// Most connections open at once from one source IP address, handshaking or established,
+    /// on all shards together; a new one beyond it is refused with CONNECTION_REFUSED and
+    /// counted apart (`conns_refused_per_source`), and others' connections are unaffected.
+    /// An IPv4-mapped IPv6 address counts as the IPv4 address. Default: no limit (many
+    /// clients may share one address behind a NAT, and a load generator opens thousands from
+    /// one).
+    ///
+    /// The count is shared by all shards; it is taken when a connection is accepted and
+    /// given back when it leaves the table (after its draining period), never per packet.
+    pub fn max_conns_per_source(mut self, n: usize) -> Self {
+        self.max_conns_per_source = Some(n);
         self
     }
 
@@ -360,6 +375,9 @@ impl ServerBuilder {
         let (handoff, wiring) = shard::wire(&layout)?;
         let stop = Arc::new(AtomicBool::new(false));
         let open_total = Arc::new(AtomicUsize::new(0));
+        let sources = self
+            .max_conns_per_source
+            .map(|n| Arc::new(shard::SourceLimit::new(n, shards)));
         let params = per_shard
             .into_iter()
             .zip(wiring)
@@ -375,6 +393,7 @@ impl ServerBuilder {
                 inbox: wired.inbox,
                 open_total: open_total.clone(),
                 max_conns: self.max_conns,
+                sources: sources.clone(),
                 max_handshakes: self.max_handshakes,
                 server_config: server_config.clone(),
                 client_config: None,
@@ -459,6 +478,7 @@ impl Server {
             lb_config_id: 0,
             server_id: Vec::new(),
             max_conns: usize::MAX,
+            max_conns_per_source: None,
             max_handshakes: usize::MAX,
             ticket_cache: None,
             ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,

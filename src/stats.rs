@@ -112,6 +112,9 @@ shard_stats! {
     handoff_dropped,
     /// Connections refused during the handshake (`--max-conns`, or the app's `on_hello`).
     conns_refused,
+    /// New connections refused with CONNECTION_REFUSED because their source address had
+    /// `--max-conns-per-source` connections open (not counted in `conns_refused`).
+    conns_refused_per_source,
     /// Connections removed before their handshake completed (refused, failed, timed out).
     handshakes_failed,
     /// Connections whose handshake completed.

@@ -3,7 +3,9 @@
 //!
 //! Echoing copies nothing: the bytes read are the bytes written. When flow control stops a
 //! write, the unwritten rest is kept and the stream is not read further until it is written,
-//! so a peer that does not read its echo is held back by its own flow-control window.
+//! so a peer that does not read its echo is held back by its own flow-control window. What
+//! the app holds is then at most one read of [`MAX_READ`] bytes per stream; everything else a
+//! non-reading peer sent waits in the connection's receive window.
 
 use std::collections::HashMap;
 
@@ -11,6 +13,11 @@ use bytes::Bytes;
 use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 
 use crate::app::{App, AppFactory, Conn, ConnId, HandshakeInfo, StreamRead};
+
+/// Most bytes one read takes from a stream, and so the most an echo holds for a stream whose
+/// peer does not read (a received chunk is usually one packet's worth; one merged from many
+/// small frames can be as large as the stream's receive window).
+pub const MAX_READ: usize = 16 * 1024;
 
 /// Builds [`Echo`] apps.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,7 +50,7 @@ impl Echo {
             }
         }
         loop {
-            match conn.read(stream, usize::MAX) {
+            match conn.read(stream, MAX_READ) {
                 StreamRead::Data(mut data) => {
                     if !self.write_all(conn, stream, &mut data) {
                         return;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::app::AppFactory;
 
 pub mod discard;
-mod echo;
+pub mod echo;
 pub mod pattern;
 pub mod perf;
 

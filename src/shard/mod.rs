@@ -9,11 +9,13 @@
 mod arena;
 mod closing;
 mod qlog;
+mod sources;
 mod threads;
 mod timers;
 
 pub(crate) use closing::CloseAwareFactory;
 pub(crate) use qlog::{QlogDir, Role, TransportFactory};
+pub(crate) use sources::SourceLimit;
 pub(crate) use threads::ShardThreads;
 
 use std::collections::HashMap;
@@ -107,6 +109,9 @@ pub(crate) struct ShardParams {
     /// Connections open on all shards, against `max_conns`.
     pub open_total: Arc<AtomicUsize>,
     pub max_conns: usize,
+    /// Connections open per source address on all shards, against `--max-conns-per-source`
+    /// (`None`: no limit).
+    pub sources: Option<Arc<SourceLimit>>,
     /// Handshakes in flight on this shard above which new clients must first prove their
     /// address with a Retry.
     pub max_handshakes: usize,
@@ -157,6 +162,8 @@ struct Entry {
     accepted_at: Instant,
     /// A server connection counted among the shard's handshakes in flight.
     in_handshake: bool,
+    /// The source address it is counted under in the shard's `SourceLimit`.
+    source: Option<IpAddr>,
     /// What its handshake negotiated, from its completion on.
     handshake: Option<Box<HandshakeInfo>>,
 }
@@ -203,6 +210,7 @@ pub(crate) struct Shard {
     wake_owed: Vec<bool>,
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
+    sources: Option<Arc<SourceLimit>>,
     /// Server handshakes in flight, against `max_handshakes`.
     handshaking: usize,
     max_handshakes: usize,
@@ -274,6 +282,7 @@ impl Shard {
             inbox: p.inbox,
             open_total: p.open_total,
             max_conns: p.max_conns,
+            sources: p.sources,
             handshaking: 0,
             max_handshakes: p.max_handshakes,
             log_handshakes: p.log_handshakes,
@@ -502,6 +511,17 @@ impl Shard {
                     .qlog
                     .as_ref()
                     .and_then(|q| q.server_config(id, &incoming, now));
+                let source = incoming.remote_address().ip();
+                let counted = match &self.sources {
+                    Some(limit) if !limit.acquire(source) => {
+                        let t = self.endpoint.refuse(incoming, &mut self.response);
+                        self.send_response(socket, t);
+                        self.stats.conns_refused_per_source.add(1);
+                        return;
+                    }
+                    Some(_) => Some(source),
+                    None => None,
+                };
                 match self
                     .endpoint
                     .accept(incoming, now, &mut self.response, config)
@@ -510,6 +530,9 @@ impl Shard {
                         self.insert(handle, conn, id, socket, now, Listener::Nobody);
                     }
                     Err(e) => {
+                        if let (Some(limit), Some(ip)) = (&self.sources, counted) {
+                            limit.release(ip);
+                        }
                         self.stats.drop_bad_initial.add(1);
                         tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
                         if let Some(t) = e.response {
@@ -636,6 +659,10 @@ impl Shard {
         now: Instant,
         listener: Listener,
     ) {
+        // The source address a server connection counts against, with a per-source limit
+        // (`on_datagram` acquired it).
+        let source = (listener != Listener::Driver && self.sources.is_some())
+            .then(|| conn.remote_address().ip());
         let slot = handle.0;
         if self.conns.len() <= slot {
             self.conns.resize_with(slot + 1, || None);
@@ -658,6 +685,7 @@ impl Shard {
             window_released: false,
             accepted_at: now,
             in_handshake: listener != Listener::Driver,
+            source,
             handshake: None,
         });
         if listener != Listener::Driver {
@@ -774,6 +802,9 @@ impl Shard {
             }
             if entry.in_handshake {
                 self.handshaking -= 1;
+            }
+            if let (Some(limit), Some(ip)) = (&self.sources, entry.source) {
+                limit.release(ip);
             }
             self.conns[slot] = None;
             self.open -= 1;

@@ -9,9 +9,21 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
+}
+
+/// Entries the heap has room for from the start (16 KiB): with the compaction bound, what a
+/// shard with a few hundred connections needs, so that it does not grow while they run.
+const INITIAL_ENTRIES: usize = 1024;
+
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers {
+            heap: BinaryHeap::with_capacity(INITIAL_ENTRIES),
+        }
+    }
 }
 
 impl Timers {

@@ -124,6 +124,17 @@ pub const MAX_STREAMS: u32 = 256;
 /// (RFC 9001 §4.6.1), so it is also the most early data one connection can send.
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 
+/// The flow-control window a peer gets on each stream (`initial_max_stream_data_*`).
+pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+
+/// Most bytes one connection holds written but not yet acknowledged by its peer; a write
+/// beyond it waits (as one beyond the peer's own windows does).
+pub const SEND_WINDOW: u64 = 16 << 20;
+
+/// Bytes of DATAGRAM frames a connection buffers each way: received but not yet read by the
+/// app, and queued but not yet sent (the oldest are dropped beyond it).
+pub const DATAGRAM_BUFFER: usize = 4 << 20;
+
 /// How a server resumes sessions.
 #[derive(Debug, Clone)]
 pub struct Resumption {
@@ -223,7 +234,7 @@ pub fn idle_timeout(idle_timeout: Duration) -> Result<quinn_proto::IdleTimeout, 
 }
 
 /// The transport parameters and limits quring's servers and clients share: streams of either
-/// direction up to [`MAX_STREAMS`] at a time, 4 MiB per stream and [`CONNECTION_RECEIVE_WINDOW`] per
+/// direction up to [`MAX_STREAMS`] at a time, [`STREAM_RECEIVE_WINDOW`] per stream and [`CONNECTION_RECEIVE_WINDOW`] per
 /// connection of receive window, 16 MiB of send window, 4 MiB of datagram buffers each way,
 /// `idle_timeout`, and quinn-proto's CUBIC wrapped so that a closing connection's
 /// CONNECTION_CLOSE is never held back by its congestion window. [`server_config_with`] and
@@ -234,11 +245,11 @@ pub fn transport_config(idle_timeout: quinn_proto::IdleTimeout) -> quinn_proto::
         .max_idle_timeout(Some(idle_timeout))
         .max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(MAX_STREAMS))
         .max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(MAX_STREAMS))
-        .stream_receive_window(quinn_proto::VarInt::from_u32(4 << 20))
+        .stream_receive_window(quinn_proto::VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(quinn_proto::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
-        .send_window(16 << 20)
-        .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(4 << 20)
+        .send_window(SEND_WINDOW)
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
         .congestion_controller_factory(Arc::new(crate::shard::CloseAwareFactory::default()));
     transport
 }
