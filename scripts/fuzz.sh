@@ -102,7 +102,9 @@ for target in "${RUN[@]}"; do
         continue
     fi
     if [ "$crashes" -gt 0 ]; then
-        grep -B 30 -A 3 'Test unit written to' "$log" | head -n 60
+        # The panic message or sanitizer report, then where the input went.
+        grep -A 4 -E 'panicked at|ERROR: ' "$log" | head -n 40
+        echo "full log: $log"
         sed -n 's/.*Test unit written to \(.*\)$/crash artifact: \1/p' "$log"
         echo "reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run ${FUZZ_OPTS[*]} $target ARTIFACT"
         failed=1
