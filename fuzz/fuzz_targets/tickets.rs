@@ -2,8 +2,9 @@
 //! ids, values and limits, checked against a model of what the stores promise.
 //!
 //! Input: a header `[cache shards] [max entries] [max bytes: u16 LE] [client servers]
-//! [client tickets per server]`, then operations, each an opcode byte (taken modulo 5) and
-//! its operands:
+//! [client tickets per server]` (1 to 16 shards, both stores; 0 to 255 entries; 0 to 65,535
+//! bytes; 1 to 8 server names; 0 to 7 tickets per name), then operations, each an opcode byte
+//! (taken modulo 5) and its operands:
 //! - `0 KEY LEN:u16le VALUE...`: `TicketCache::put`;
 //! - `1 KEY`: `TicketCache::take`; `2 KEY`: `TicketCache::get`;
 //! - `3 HOME NAME`: `ClientTicketStore::insert_ticket_at` of a fresh value;
