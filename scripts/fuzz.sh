@@ -29,7 +29,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -51,7 +51,7 @@ SECS="$2"
 if [ "$WHAT" = all ]; then
     mapfile -t RUN < <(targets)
 else
-    [ -f "fuzz/fuzz_targets/$WHAT.rs" ] || die "no target '$WHAT' (targets: $(targets | tr '\n' ' '))"
+    [ -f "fuzz/fuzz_targets/$WHAT.rs" ] || die "no target '$WHAT' (targets: $(targets | paste -sd ' '))"
     RUN=("$WHAT")
 fi
 
