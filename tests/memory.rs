@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{path_str, Quring, TempDir, START_DEADLINE};
+use common::process::{path_str, Quring, TempDir};
 use common::*;
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 
