@@ -2,15 +2,16 @@
 //!
 //! The whole test binary runs under dhat's counting allocator, which records the call stack of
 //! every allocation. A server and a `quring load` client run in this process over loopback and
-//! exchange a fixed number of requests twice, a short run and a long one, each on fresh
-//! connections; the difference between the two runs is what the extra requests cost, with the
+//! exchange a fixed number of requests twice, a short run and a long one, each with a fresh
+//! server and connection; the difference between the two runs is what the extra requests cost, with the
 //! start-up, handshakes and shutdown cancelled out. Each allocation is charged to the first
 //! frame of its stack that belongs to a crate doing work of its own (container and standard
 //! library frames are skipped): quring's runtime and apps, quring's load generator, quinn-proto,
 //! rustls, ring, or other.
 //!
 //! The assertion is the one the design makes: inside the shards' event loops, quring's own code
-//! (datapath, routing, shard glue, apps) allocates nothing per datagram. The load generator's
+//! (datapath, routing, shard glue, apps) allocates nothing per datagram. Its TLS glue (ticket
+//! cache, handshake observer) runs per handshake and is reported on its own line. The load generator's
 //! per-request bookkeeping, quinn-proto's and rustls's own allocations, and quring's start-up
 //! and shutdown on the calling thread are reported beside it, not asserted. Run with
 //! `--nocapture` to see the table.
@@ -37,6 +38,9 @@ enum Owner {
     Shard,
     /// quring code outside the event loop: starting and stopping servers and clients.
     Setup,
+    /// quring's TLS glue (`quring::tls`: the ticket cache, the handshake observer), which
+    /// rustls calls once or twice per handshake: per connection, not per datagram.
+    Tls,
     /// quring's load generator (the client's per-request bookkeeping).
     Load,
     QuinnProto,
@@ -95,6 +99,7 @@ fn owner(frames: &[&str]) -> (Owner, usize) {
         }
         let owner = match krate {
             "quring" if function.contains("quring::load::") => Owner::Load,
+            "quring" if function.contains("quring::tls::") => Owner::Tls,
             "quring" if frames.iter().any(|f| f.contains(SHARD_LOOP)) => Owner::Shard,
             "quring" => Owner::Setup,
             "quinn_proto" => Owner::QuinnProto,
@@ -204,22 +209,22 @@ fn profiled_run(
     (by_site(file), datagrams(server) - before)
 }
 
-/// Runs `short` then `long` requests and returns allocations per datagram of the difference.
+/// Runs `short` then `long` requests, each against a fresh server (so that state shared across
+/// connections, such as the ticket cache, starts the same), and reports the difference.
 fn steady_state(name: &str, protocol: Protocol, short: u64, long: u64, response: u64) {
-    let server = server();
-    let target = server.local_addrs()[0];
     let dir = std::env::temp_dir().join(format!("quring-alloc-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (a, da) = profiled_run(
-        &server,
-        &config(target, protocol, short, response),
-        &dir.join("short.json"),
-    );
-    let (b, db) = profiled_run(
-        &server,
-        &config(target, protocol, long, response),
-        &dir.join("long.json"),
-    );
+    let run = |requests: u64, file: &str| {
+        let server = server();
+        let target = server.local_addrs()[0];
+        profiled_run(
+            &server,
+            &config(target, protocol, requests, response),
+            &dir.join(file),
+        )
+    };
+    let (a, da) = run(short, "short.json");
+    let (b, db) = run(long, "long.json");
     let _ = std::fs::remove_dir_all(&dir);
     let extra = db.saturating_sub(da).max(1);
     // Extra allocations per site: the long run's count less the short run's.
