@@ -12,14 +12,11 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
-use std::time::Duration;
-
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quinn_proto::ConnectionIdGenerator;
 use quring::datapath::cmsg::{self, SendMeta, SEND_CONTROL_LEN};
-use quring::load::{LoadConfig, Mode, Protocol};
+use quring::load::{LoadConfig, Protocol};
 use quring::routing::CidLayout;
-use quring::tls::ServerTrust;
 
 /// One control message as the kernel lays it out on 64-bit Linux: `cmsg_len` (usize), level,
 /// type, then the data padded to 8 bytes.
@@ -88,27 +85,10 @@ fn connection_ids(c: &mut Criterion) {
 /// A load of `requests` on one connection, in memory.
 fn load(protocol: Protocol, requests: u64, request: u64, response: u64) -> LoadConfig {
     LoadConfig {
-        target: quring::memory::SERVER_ADDR,
-        server_name: "localhost".into(),
-        threads: 1,
-        pin: false,
-        conns: 1,
-        streams: 10,
         request_size: request,
         response_size: response,
-        protocol,
-        mode: Mode::Streams,
-        duration: Duration::from_secs(60),
-        warmup: Duration::ZERO,
         requests: Some(requests),
-        rate: None,
-        resume: false,
-        zero_rtt: false,
-        alpn: protocol.name().as_bytes().to_vec(),
-        trust: ServerTrust::Insecure,
-        busy_poll: Duration::ZERO,
-        datapath: quring::DatapathKind::Uring,
-        qlog_dir: None,
+        ..LoadConfig::new(quring::memory::SERVER_ADDR, protocol)
     }
 }
 

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quring::load::{LoadConfig, Mode, Protocol};
-use quring::tls::ServerTrust;
 
 fn config(name: &str) -> Option<LoadConfig> {
     let (protocol, mode, conns, requests, request, response, resume) = match name {
@@ -43,27 +42,14 @@ fn config(name: &str) -> Option<LoadConfig> {
         _ => return None,
     };
     Some(LoadConfig {
-        target: quring::memory::SERVER_ADDR,
-        server_name: "localhost".into(),
-        threads: 1,
-        pin: false,
         conns,
-        streams: 10,
         request_size: request,
         response_size: response,
-        protocol,
         mode,
         duration: Duration::from_secs(600),
-        warmup: Duration::ZERO,
         requests: Some(requests),
-        rate: None,
         resume,
-        zero_rtt: false,
-        alpn: protocol.name().as_bytes().to_vec(),
-        trust: ServerTrust::Insecure,
-        busy_poll: Duration::ZERO,
-        datapath: quring::DatapathKind::Uring,
-        qlog_dir: None,
+        ..LoadConfig::new(quring::memory::SERVER_ADDR, protocol)
     })
 }
 

@@ -20,10 +20,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
-use quring::load::{LoadConfig, Mode, Protocol};
-use quring::tls::ServerTrust;
+use quring::load::{LoadConfig, Protocol};
 use quring::{DatapathKind, Server};
 use serde_json::Value;
 
@@ -157,27 +155,10 @@ fn server() -> Server {
 
 fn config(target: SocketAddr, protocol: Protocol, requests: u64, response: u64) -> LoadConfig {
     LoadConfig {
-        target,
-        server_name: "localhost".into(),
-        threads: 1,
-        pin: false,
-        conns: 1,
-        streams: 10,
-        request_size: 1024,
         response_size: response,
-        protocol,
-        mode: Mode::Streams,
-        duration: Duration::from_secs(60),
-        warmup: Duration::ZERO,
         requests: Some(requests),
-        rate: None,
-        resume: false,
-        zero_rtt: false,
-        alpn: protocol.name().as_bytes().to_vec(),
-        trust: ServerTrust::Insecure,
-        busy_poll: Duration::ZERO,
         datapath: DatapathKind::from_env().expect("QURING_DATAPATH names a datapath"),
-        qlog_dir: None,
+        ..LoadConfig::new(target, protocol)
     }
 }
 

@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use quring::load::{LoadConfig, Mode, Protocol};
 use quring::memory::{self, MemoryShard};
-use quring::tls::ServerTrust;
-use quring::{DatapathKind, Server, ServerBuilder};
+use quring::{Server, ServerBuilder};
 
 fn server() -> ServerBuilder {
     let mut b = Server::builder();
@@ -22,27 +19,13 @@ fn server() -> ServerBuilder {
 
 fn config(protocol: Protocol, mode: Mode, requests: u64, response: u64) -> LoadConfig {
     LoadConfig {
-        target: memory::SERVER_ADDR,
-        server_name: "localhost".into(),
-        threads: 1,
-        pin: false,
         conns: 2,
-        streams: 10,
         request_size: 1000,
         response_size: response,
-        protocol,
         mode,
-        duration: Duration::from_secs(30),
-        warmup: Duration::ZERO,
         requests: Some(requests),
-        rate: None,
         resume: true,
-        zero_rtt: false,
-        alpn: protocol.name().as_bytes().to_vec(),
-        trust: ServerTrust::Insecure,
-        busy_poll: Duration::ZERO,
-        datapath: DatapathKind::Uring,
-        qlog_dir: None,
+        ..LoadConfig::new(memory::SERVER_ADDR, protocol)
     }
 }
 

@@ -117,6 +117,42 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
+    /// A small closed-loop run of `protocol` against `target`, for code that drives the load
+    /// generator itself (tests, benches, `run_in_memory`); set what differs with struct update
+    /// syntax. One unpinned thread, one connection with 10 streams, 1 KiB each way (no
+    /// response for discard), for at most 60 s with no warm-up or request cap, no resumption,
+    /// the protocol's ALPN, any certificate accepted (`ServerTrust::Insecure`), no busy-poll,
+    /// the default datapath and no qlog.
+    pub fn new(target: SocketAddr, protocol: Protocol) -> LoadConfig {
+        LoadConfig {
+            target,
+            server_name: "localhost".into(),
+            threads: 1,
+            pin: false,
+            conns: 1,
+            streams: 10,
+            request_size: 1024,
+            response_size: if protocol == Protocol::Discard {
+                0
+            } else {
+                1024
+            },
+            protocol,
+            mode: Mode::Streams,
+            duration: Duration::from_secs(60),
+            warmup: Duration::ZERO,
+            requests: None,
+            rate: None,
+            resume: false,
+            zero_rtt: false,
+            alpn: protocol.name().as_bytes().to_vec(),
+            trust: ServerTrust::Insecure,
+            busy_poll: Duration::ZERO,
+            datapath: DatapathKind::default(),
+            qlog_dir: None,
+        }
+    }
+
     /// Checks that the settings make a run: one clear message for the first that does not.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(msg));
