@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{path_str, Quring, TempDir};
+use common::process::{metrics_addr, path_str, Quring, TempDir};
 use common::*;
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 
@@ -108,13 +108,7 @@ fn a_client_that_never_reads_is_held_by_the_windows() {
         "127.0.0.1:0",
     ]);
     let (line, addrs) = server.wait_listening();
-    // The start-up line ends in `| metrics http://ADDR/metrics`.
-    let metrics: SocketAddr = line
-        .split(" | ")
-        .find_map(|part| part.strip_prefix("metrics http://"))
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
+    let metrics = metrics_addr(&line);
     let addr = addrs[0];
     let pid = server.pid();
     let certs: Vec<_> = CertificateDer::pem_file_iter(&cert)

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{path_str, Quring, TempDir, EXIT_DEADLINE};
+use common::process::{metrics_addr, path_str, Quring, TempDir, EXIT_DEADLINE};
 use common::{
     client_config_trusting, connect, echo_stream, endpoint_with, pattern, runtime, DEADLINE,
 };
@@ -147,15 +147,6 @@ fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&Scrape) -> bool) ->
         }
         assert!(Instant::now() < deadline, "{what} within {DEADLINE:?}");
     }
-}
-
-/// The endpoint's address, from the start-up line's `| metrics http://ADDR/metrics`.
-fn metrics_addr(line: &str) -> SocketAddr {
-    line.split(" | ")
-        .find_map(|part| part.strip_prefix("metrics http://"))
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
 }
 
 fn echo_client(cert_pem: &Path, server: SocketAddr) -> quinn::Endpoint {

@@ -271,3 +271,12 @@ pub fn listen_addrs(line: &str) -> Vec<SocketAddr> {
         })
         .collect()
 }
+
+/// The metrics endpoint's address, from the start-up line's `| metrics http://ADDR/metrics`.
+pub fn metrics_addr(line: &str) -> SocketAddr {
+    line.split(" | ")
+        .find_map(|part| part.strip_prefix("metrics http://"))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+}
