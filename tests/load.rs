@@ -260,10 +260,12 @@ fn open_loop_keeps_its_schedule() {
     );
     assert!(done.status.success(), "{}", done.stderr);
     let n = v["requests"].as_u64().unwrap();
-    // 400/s over 2 s measured: 800 scheduled, less those in flight at either edge.
-    assert!((760..=810).contains(&n), "{n} requests: {v}");
+    // 400/s over 2 s measured: 800 scheduled, and a request counts if it was scheduled in
+    // the measured time, so never more; less those still in flight at the end (at most
+    // 100, a quarter second of schedule, however loaded the machine).
+    assert!((700..=800).contains(&n), "{n} requests: {v}");
     let d = v["duration_s"].as_f64().unwrap();
-    assert!((1.9..2.2).contains(&d), "{v}");
+    assert!((1.9..2.5).contains(&d), "{v}");
     let intervals = read_interval_log(&std::fs::read(&log).unwrap()).unwrap();
     let totals = totals_by_tag(&intervals);
     let latency = totals.iter().find(|(t, _)| t == LATENCY_TAG).unwrap();

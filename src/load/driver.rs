@@ -376,12 +376,14 @@ impl LoadDriver {
         true
     }
 
-    /// A request ended (`Ok`: its response checked out).
+    /// A request ended (`Ok`: its response checked out). It is counted, and its latency
+    /// recorded, if it started (or was scheduled) after the warm-up: a request of the
+    /// warm-up that ends late is not measured.
     fn complete(&mut self, now: Instant, started: Instant, outcome: Result<(), ErrorKind>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         match outcome {
             Ok(()) => {
-                if self.measuring(now) {
+                if self.measuring(started) {
                     self.live.requests.add(1);
                     let ns = now.saturating_duration_since(started).as_nanos();
                     self.latency
