@@ -23,7 +23,7 @@
 //! | `quring_tx_errors_total` | counter | sends the kernel failed |
 //! | `quring_rx_buffer_exhausted_total` | counter | receives re-armed after the kernel ran out of buffers |
 //! | `quring_datagrams_processed_total` | counter | datagrams the shard's QUIC endpoint processed |
-//! | `quring_drops_total{reason}` | counter | datagrams dropped: `ctrunc`, `truncated`, `bad_address`, `invalid`, `bad_initial`, `no_send_slot` |
+//! | `quring_drops_total{reason}` | counter | datagrams dropped: `ctrunc`, `truncated`, `bad_address`, `invalid`, `bad_initial`, `no_send_slot`, `accept_queue_full` |
 //! | `quring_retry_sent_total` | counter | Retry packets sent while `--max-handshakes` handshakes were in flight |
 //! | `quring_stateless_responses_total` | counter | datagrams answered without a connection (version negotiation, stateless reset) |
 //! | `quring_app_panics_total` | counter | app callbacks that panicked (the connection was closed, the shard went on) |
@@ -335,6 +335,7 @@ const SHARD_METRICS: &[ShardMetric] = &[
             ("bad_address", |s| s.drop_bad_address),
             ("invalid", |s| s.drop_invalid),
             ("bad_initial", |s| s.drop_bad_initial),
+            ("accept_queue_full", |s| s.drop_accept_queue_full),
             ("no_send_slot", |s| s.drop_no_send_slot),
         ],
     },

@@ -144,6 +144,9 @@ shard_stats! {
     /// Dropped: an Initial that looked like a new connection but did not start one (it did
     /// not decrypt, or its handshake data was invalid).
     drop_bad_initial,
+    /// Dropped: a new client's Initial found the shard's accept queue full (the client sends
+    /// it again).
+    drop_accept_queue_full,
     /// Retry packets sent to new clients while `--max-handshakes` handshakes were in flight.
     retry_sent,
     /// Datagrams the endpoint answered without a connection (version negotiation,

@@ -18,7 +18,7 @@ pub(crate) use qlog::{QlogDir, Role, TransportFactory};
 pub(crate) use sources::SourceLimit;
 pub(crate) use threads::ShardThreads;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +53,15 @@ pub const SHUTDOWN_REASON: &[u8] = b"server shutting down";
 pub const APP_PANIC_CODE: VarInt = VarInt::from_u32(0xffff);
 /// See [`APP_PANIC_CODE`].
 pub const APP_PANIC_REASON: &[u8] = b"internal error";
+
+/// New connections a server shard holds waiting to be accepted. Beyond it, a new client's
+/// Initial is dropped (counted as `drop_accept_queue_full`) and the client sends it again.
+const ACCEPT_QUEUE: usize = 256;
+
+/// How long (on the real clock) a loop round may spend accepting queued connections, after
+/// the round's established traffic has been driven: at least one is accepted per round, then
+/// more while the round has spent less than this on them.
+const ACCEPT_BUDGET: Duration = Duration::from_micros(50);
 
 /// Error code used when a connection negotiated an ALPN no app serves (cannot happen while
 /// the TLS configuration lists exactly the apps' protocols).
@@ -168,6 +177,15 @@ struct Entry {
     handshake: Option<Box<HandshakeInfo>>,
 }
 
+/// A new connection waiting in the accept queue.
+struct Queued {
+    incoming: quinn_proto::Incoming,
+    /// Socket its first datagram arrived on.
+    socket: usize,
+    /// When its first datagram arrived: the start of its handshake.
+    arrived: Instant,
+}
+
 /// Who hears a connection's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listener {
@@ -211,7 +229,9 @@ pub(crate) struct Shard {
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
     sources: Option<Arc<SourceLimit>>,
-    /// Server handshakes in flight, against `max_handshakes`.
+    /// New connections not yet accepted (see `accept_queued`).
+    accept_queue: VecDeque<Queued>,
+    /// Server handshakes in flight, against `max_handshakes` (with the queued ones).
     handshaking: usize,
     max_handshakes: usize,
     log_handshakes: bool,
@@ -283,6 +303,7 @@ impl Shard {
             open_total: p.open_total,
             max_conns: p.max_conns,
             sources: p.sources,
+            accept_queue: VecDeque::new(),
             handshaking: 0,
             max_handshakes: p.max_handshakes,
             log_handshakes: p.log_handshakes,
@@ -312,6 +333,9 @@ impl Shard {
 
     /// When the shard next has something to do on its own (a timer, its driver), on its clock.
     pub fn next_wake(&self) -> Option<Instant> {
+        if !self.accept_queue.is_empty() {
+            return Some(self.now());
+        }
         match (self.timers.next(), self.driver_wake) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -359,12 +383,21 @@ impl Shard {
             }
             self.drive_dirty(now)?;
         }
+        if !self.accept_queue.is_empty() {
+            self.accept_queued();
+            self.drive_dirty(self.now())?;
+        }
         let wake = match (self.timers.next(), self.driver_wake) {
             (Some(a), Some(b)) if self.drain_deadline.is_none() => Some(a.min(b)),
             (None, Some(b)) if self.drain_deadline.is_none() => Some(b),
             (a, _) => a,
         };
-        let timeout = wake.map(|at| at.saturating_duration_since(now));
+        let timeout = if self.accept_queue.is_empty() {
+            wake.map(|at| at.saturating_duration_since(now))
+        } else {
+            // Connections wait to be accepted: look for traffic and come straight back.
+            Some(Duration::ZERO)
+        };
         let timeout = match self.drain_deadline {
             Some(deadline) => {
                 if self.open == 0 || now >= deadline {
@@ -471,6 +504,7 @@ impl Shard {
     ) {
         self.stats.processed_local.add(1);
         self.response.clear();
+        let buffered = self.endpoint.incoming_buffer_bytes();
         match self
             .endpoint
             .handle(now, src, dst_ip, ecn, datagram, &mut self.response)
@@ -482,7 +516,8 @@ impl Shard {
                 }
             }
             Some(DatagramEvent::NewConnection(mut incoming)) => {
-                if self.handshaking >= self.max_handshakes && !incoming.remote_address_validated() {
+                let in_flight = self.handshaking + self.accept_queue.len();
+                if in_flight >= self.max_handshakes && !incoming.remote_address_validated() {
                     // Too many handshakes in flight: the client must first show that it
                     // receives at its address (a spoofed flood cannot), at no cost here.
                     match self.endpoint.retry(incoming, &mut self.response) {
@@ -495,56 +530,26 @@ impl Shard {
                         Err(e) => incoming = e.into_incoming(),
                     }
                 }
-                let full = self.open_total.load(Ordering::Relaxed) >= self.max_conns;
-                if full || self.stop.load(Ordering::Acquire) {
-                    // CONNECTION_REFUSED in an Initial packet: the client reads it at once.
-                    let t = self.endpoint.refuse(incoming, &mut self.response);
-                    self.send_response(socket, t);
-                    if full {
-                        self.stats.conns_refused.add(1);
-                    }
-                    return;
-                }
-                let id = self.next_id();
-                // Only with a qlog does a connection get a configuration of its own.
-                let config = self
-                    .qlog
-                    .as_ref()
-                    .and_then(|q| q.server_config(id, &incoming, now));
-                let source = incoming.remote_address().ip();
-                let counted = match &self.sources {
-                    Some(limit) if !limit.acquire(source) => {
-                        let t = self.endpoint.refuse(incoming, &mut self.response);
-                        self.send_response(socket, t);
-                        self.stats.conns_refused_per_source.add(1);
-                        return;
-                    }
-                    Some(_) => Some(source),
-                    None => None,
-                };
-                match self
-                    .endpoint
-                    .accept(incoming, now, &mut self.response, config)
-                {
-                    Ok((handle, conn)) => {
-                        self.insert(handle, conn, id, socket, now, Listener::Nobody);
-                    }
-                    Err(e) => {
-                        if let (Some(limit), Some(ip)) = (&self.sources, counted) {
-                            limit.release(ip);
-                        }
-                        self.stats.drop_bad_initial.add(1);
-                        tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
-                        if let Some(t) = e.response {
-                            self.send_response(socket, t);
-                        }
-                    }
+                if self.stop.load(Ordering::Acquire) {
+                    self.refuse(incoming, socket);
+                } else if self.accept_queue.len() >= ACCEPT_QUEUE {
+                    self.endpoint.ignore(incoming);
+                    self.stats.drop_accept_queue_full.add(1);
+                } else {
+                    self.accept_queue.push_back(Queued {
+                        incoming,
+                        socket,
+                        arrived: now,
+                    });
                 }
             }
             Some(DatagramEvent::Response(t)) => {
                 self.stats.stateless_responses.add(1);
                 self.send_response(socket, t);
             }
+            // Held by the endpoint for a connection still in the accept queue (a client's
+            // next Initial or 0-RTT datagram): not a drop.
+            None if self.endpoint.incoming_buffer_bytes() > buffered => {}
             None => self.stats.drop_invalid.add(1),
         }
     }
@@ -600,6 +605,87 @@ impl Shard {
                 return;
             }
         }
+    }
+
+    /// Accepts queued connections: at least one, then more until [`ACCEPT_BUDGET`] has passed.
+    ///
+    /// A new connection's first flight (key exchange, certificate signature) is most of the
+    /// work a handshake costs a shard. Done as each Initial arrives, a burst of them would hold
+    /// back the packets of established connections that arrived with them, in the same batch
+    /// of completions, until all were done. Queued, they wait instead: each round first
+    /// drives what its datagrams did to established connections, then spends a bounded time
+    /// accepting.
+    fn accept_queued(&mut self) {
+        let start = Instant::now();
+        while let Some(queued) = self.accept_queue.pop_front() {
+            self.admit(queued);
+            if start.elapsed() >= ACCEPT_BUDGET {
+                break;
+            }
+        }
+    }
+
+    /// Accepts a queued connection, or refuses it while shutting down, when `--max-conns`
+    /// connections are open on all shards, or when its source address has
+    /// `--max-conns-per-source`.
+    fn admit(&mut self, queued: Queued) {
+        let Queued {
+            incoming,
+            socket,
+            arrived,
+        } = queued;
+        let full = self.open_total.load(Ordering::Relaxed) >= self.max_conns;
+        if full || self.stop.load(Ordering::Acquire) {
+            self.refuse(incoming, socket);
+            if full {
+                self.stats.conns_refused.add(1);
+            }
+            return;
+        }
+        let source = incoming.remote_address().ip();
+        let counted = match &self.sources {
+            Some(limit) if !limit.acquire(source) => {
+                self.refuse(incoming, socket);
+                self.stats.conns_refused_per_source.add(1);
+                return;
+            }
+            Some(_) => Some(source),
+            None => None,
+        };
+        let now = self.now();
+        let id = self.next_id();
+        // Only with a qlog does a connection get a configuration of its own.
+        let config = self
+            .qlog
+            .as_ref()
+            .and_then(|q| q.server_config(id, &incoming, now));
+        self.response.clear();
+        match self
+            .endpoint
+            .accept(incoming, now, &mut self.response, config)
+        {
+            Ok((handle, conn)) => {
+                self.insert(handle, conn, id, socket, arrived, Listener::Nobody);
+            }
+            Err(e) => {
+                if let (Some(limit), Some(ip)) = (&self.sources, counted) {
+                    limit.release(ip);
+                }
+                self.stats.drop_bad_initial.add(1);
+                tracing::debug!(shard = self.index, error = %e.cause, "incoming connection failed");
+                if let Some(t) = e.response {
+                    self.send_response(socket, t);
+                }
+            }
+        }
+    }
+
+    /// Refuses a new connection with CONNECTION_REFUSED in an Initial packet, which the
+    /// client reads at once.
+    fn refuse(&mut self, incoming: quinn_proto::Incoming, socket: usize) {
+        self.response.clear();
+        let t = self.endpoint.refuse(incoming, &mut self.response);
+        self.send_response(socket, t);
     }
 
     /// Sends a stateless response the endpoint wrote into `self.response`.
@@ -694,8 +780,11 @@ impl Shard {
         mark_dirty(&mut self.dirty, entry, slot);
     }
 
-    /// Closes every connection with the shutdown code and reason.
+    /// Closes every connection with the shutdown code and reason, and refuses the queued ones.
     fn close_all(&mut self, now: Instant) {
+        while let Some(queued) = self.accept_queue.pop_front() {
+            self.refuse(queued.incoming, queued.socket);
+        }
         for (slot, entry) in self.conns.iter_mut().enumerate() {
             if let Some(entry) = entry {
                 entry
