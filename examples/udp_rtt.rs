@@ -182,7 +182,7 @@ fn run(args: &Args) -> Result<Outcome, String> {
 fn wait(socket: &UdpSocket, buf: &mut [u8], busy_poll: Duration) -> Result<Option<usize>, String> {
     let failed = |e: std::io::Error| format!("receiving: {e}");
     if busy_poll.is_zero() {
-        return match socket.recv(buf) {
+        return match recv_blocking(socket, buf) {
             Ok(n) => Ok(Some(n)),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
             Err(e) => Err(failed(e)),
@@ -201,12 +201,22 @@ fn wait(socket: &UdpSocket, buf: &mut [u8], busy_poll: Duration) -> Result<Optio
         std::hint::spin_loop();
     }
     socket.set_nonblocking(false).map_err(failed)?;
-    let got = socket.recv(buf);
+    let got = recv_blocking(socket, buf);
     socket.set_nonblocking(true).map_err(failed)?;
     match got {
         Ok(n) => Ok(Some(n)),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
         Err(e) => Err(failed(e)),
+    }
+}
+
+/// A blocking receive, made again when a signal interrupted it.
+fn recv_blocking(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match socket.recv(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            got => return got,
+        }
     }
 }
 

@@ -52,11 +52,15 @@ fn client(server: SocketAddr) -> UdpSocket {
     socket
 }
 
-/// Receives one datagram, which must come from `server`.
+/// Receives one datagram, which must come from `server`. A receive a signal interrupted (the
+/// test process stopped and continued, say) is made again.
 fn recv_from_server(socket: &UdpSocket, server: SocketAddr, buf: &mut [u8]) -> usize {
-    let (n, from) = socket
-        .recv_from(buf)
-        .expect("the echo arrives before the deadline");
+    let (n, from) = loop {
+        match socket.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            got => break got.expect("the echo arrives before the deadline"),
+        }
+    };
     assert_eq!(
         from, server,
         "the echo comes from the address it was sent to"
