@@ -4,7 +4,9 @@
 //!
 //! The loop: wait on the ring (bounded by the earliest connection timer), feed each received
 //! datagram to the endpoint, let every connection that changed deliver its events to its
-//! app, then transmit what the connections have to send, until the send slots run out.
+//! app, then transmit what the connections have to send, until the send slots run out; then
+//! accept new connections from the accept queue for a bounded time, so that handshakes wait
+//! behind established traffic rather than the other way round.
 
 mod arena;
 mod closing;
