@@ -149,11 +149,6 @@ impl Memory {
         self.outbox.borrow().bytes() < QUEUE_BYTES
     }
 
-    /// As a GSO socket: up to 64 segments.
-    pub fn max_segments(&self, segment_size: usize) -> usize {
-        (MAX_GSO_BYTES / segment_size.max(1)).clamp(1, 64)
-    }
-
     /// Queues what `fill` writes, as one batch.
     pub fn send(
         &mut self,

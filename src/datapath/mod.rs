@@ -213,11 +213,12 @@ impl Datapath {
     }
 
     /// Most datagrams one send may carry when each is `segment_size` bytes.
+    /// With GSO (as the in-memory queues have) up to 64; without, one.
     pub fn max_segments(&self, segment_size: usize) -> usize {
-        match self {
-            Datapath::Uring(d) => d.max_segments(segment_size),
-            Datapath::Portable(d) => d.max_segments(segment_size),
-            Datapath::Memory(d) => d.max_segments(segment_size),
+        if self.offloads().gso {
+            (MAX_GSO_BYTES / segment_size.max(1)).clamp(1, 64)
+        } else {
+            1
         }
     }
 

@@ -327,15 +327,6 @@ impl PortableDatapath {
         self.pending.is_none()
     }
 
-    /// Most datagrams one send may carry.
-    pub fn max_segments(&self, segment_size: usize) -> usize {
-        if self.offloads.gso {
-            (MAX_GSO_BYTES / segment_size.max(1)).clamp(1, 64)
-        } else {
-            1
-        }
-    }
-
     /// Sends what `fill` writes into the send buffer on socket `socket`; `fill` returns
     /// `None` when it had nothing to send. While an earlier transmit waits for room, `fill`
     /// is not called and the outcome is [`SendOutcome::NoSlot`]. A transmit the socket has no

@@ -508,18 +508,9 @@ impl UringDatapath {
         !self.free_slots.is_empty()
     }
 
-    /// Most datagrams one send may carry.
-    pub fn max_segments(&self, segment_size: usize) -> usize {
-        if self.offloads.gso {
-            (MAX_GSO_BYTES / segment_size.max(1)).clamp(1, 64)
-        } else {
-            1
-        }
-    }
-
     /// Sends what `fill` writes into a free slot's buffer on socket `socket`. `fill` returns
-    /// `None` when it had nothing to send. Returns `false` when no slot was free (nothing was
-    /// asked of `fill`), `true` otherwise.
+    /// `None` when it had nothing to send. With no free slot, `fill` is not called and the
+    /// outcome is [`SendOutcome::NoSlot`].
     pub fn send(
         &mut self,
         socket: usize,
