@@ -52,15 +52,7 @@ fn dual_stack_endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
     socket.set_only_v6(false).expect("dual-stack");
     let bind: SocketAddr = "[::]:0".parse().unwrap();
     socket.bind(&bind.into()).expect("bind");
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .expect("client endpoint");
-    endpoint.set_default_client_config(config);
-    endpoint
+    endpoint_on(socket, config)
 }
 
 async fn echo_ok(conn: &quinn::Connection, seed: u64) {

@@ -101,6 +101,11 @@ pub fn endpoint_with(config: quinn::ClientConfig, server_addr: SocketAddr) -> qu
     .expect("client socket");
     let _ = socket.set_recv_buffer_size(4 << 20);
     socket.bind(&bind.into()).expect("bind client socket");
+    endpoint_on(socket, config)
+}
+
+/// A client endpoint with `config` on a bound `socket`. Must be called inside a tokio runtime.
+pub fn endpoint_on(socket: socket2::Socket, config: quinn::ClientConfig) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
