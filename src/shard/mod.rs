@@ -832,6 +832,7 @@ impl Shard {
         };
         entry.dirty = false;
         let handle = ConnectionHandle(slot);
+        let clock = self.clock;
         exchange_endpoint_events(&mut self.endpoint, handle, &mut entry.conn);
         while let Some(event) = entry.conn.poll() {
             let (apps, driver, stats) = (&mut self.apps, &mut self.driver, &*self.stats);
@@ -840,7 +841,7 @@ impl Shard {
                 dispatch(apps, driver, entry, event, now, stats, log)
             }));
             if dispatched.is_err() {
-                app_panicked(entry, now, stats);
+                app_panicked(entry, clock.unwrap_or_else(Instant::now), stats);
             }
         }
         if entry.in_handshake && (entry.handshake.is_some() || entry.conn.is_closed()) {
@@ -881,7 +882,7 @@ impl Shard {
                         )
                     }));
                     if closed.is_err() {
-                        app_panicked(entry, now, &self.stats);
+                        app_panicked(entry, clock.unwrap_or_else(Instant::now), &self.stats);
                     }
                 }
             }
@@ -918,6 +919,11 @@ impl Shard {
 /// An app callback for `entry` panicked: the connection is closed with [`APP_PANIC_CODE`],
 /// counted and logged (the panic message itself went to stderr through the panic hook), and
 /// its app hears nothing more of it but its close.
+///
+/// `now` is the time the panic was caught, not the round's: unwinding (with a backtrace
+/// printed, say) can take longer than the closing period, and a close timed from before it
+/// would end that period at once. The peer's next packets would then get a stateless reset
+/// instead of the close.
 fn app_panicked(entry: &mut Entry, now: Instant, stats: &ShardStats) {
     stats.app_panics.add(1);
     tracing::error!(
