@@ -95,8 +95,12 @@ enum Req {
     Reply { sent: u64, len: u64 },
 }
 
+/// Streams a connection's table holds before it has to grow: its first requests and replies
+/// in flight at once, up to this many, cost no allocation after the first.
+const STREAMS_RESERVED: usize = 32;
+
 /// One connection's requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PerfConn {
     /// Requests being read, and replies being written (keyed by the reply's stream).
     streams: HashMap<StreamId, Req>,
@@ -122,6 +126,15 @@ impl AppFactory for PerfFactory {
 #[derive(Debug, Default)]
 pub struct Perf {
     conns: HashMap<ConnId, PerfConn>,
+}
+
+impl Default for PerfConn {
+    fn default() -> PerfConn {
+        PerfConn {
+            streams: HashMap::with_capacity(STREAMS_RESERVED),
+            waiting: VecDeque::new(),
+        }
+    }
 }
 
 impl PerfConn {
