@@ -288,7 +288,11 @@ impl Rng {
 /// connections, on any shard, but never decrypt).
 fn send_garbage(server: SocketAddr, count: usize, seed: u64, initials: &[Vec<u8>]) -> usize {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("garbage socket");
-    let mut rng = Rng(seed | 1);
+    // Odd (xorshift needs a state other than 0) and one-to-one, so that each flooder sends
+    // its own datagrams. Two flooders sending the same ones (as `seed | 1` made seeds 2n and
+    // 2n+1 do) would repeat a mutated Initial while the first copy waits in the accept queue,
+    // and the copy would be held for that connection rather than dropped.
+    let mut rng = Rng(seed << 1 | 1);
     let mut buf = vec![0u8; 1500];
     let mut sent = 0;
     for i in 0..count {
@@ -354,7 +358,7 @@ fn garbage_flood_is_dropped_and_echo_keeps_working() {
     let server = start(Duration::from_secs(30), Duration::from_secs(2));
     let addr = server.local_addrs()[0];
     let rt = runtime();
-    rt.block_on(async {
+    let echo_datagrams = rt.block_on(async {
         let endpoint = client_endpoint(&server, addr);
         let conn = connect(&endpoint, addr).await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -412,6 +416,10 @@ fn garbage_flood_is_dropped_and_echo_keeps_working() {
         let data = pattern(7, 200_000);
         echo_checked(&conn, &data, "echo after the garbage").await;
         conn.close(0u32.into(), b"done");
+        tokio::time::timeout(DEADLINE, endpoint.wait_idle())
+            .await
+            .expect("the echo connection drains within the deadline");
+        conn.stats().udp_tx.datagrams
     });
     // Most of the flood reached the server (the rest the kernel dropped on full socket
     // queues), and everything that reached it was dropped and counted.
@@ -427,15 +435,17 @@ fn garbage_flood_is_dropped_and_echo_keeps_working() {
         "garbage made no connection: {stats}"
     );
     assert_eq!(stats.handshakes_failed, 0, "{stats}");
-    // Every datagram processed is accounted for by a reason (the echo connection's own
-    // packets are the small rest).
+    // Every datagram processed is the echo client's or is counted by a reason. The echo
+    // connection's share depends on how long the flood took (on a slow machine, more echo
+    // rounds), so it is taken from the client's own count, not from a fixed slack.
     let accounted = stats.drop_invalid
         + stats.drop_bad_initial
         + stats.drop_accept_queue_full
         + stats.stateless_responses;
     assert!(
-        accounted * 100 >= stats.processed_local * 99,
-        "dropped datagrams not counted by reason: {stats}"
+        accounted + echo_datagrams >= stats.processed_local,
+        "dropped datagrams not counted by reason ({echo_datagrams} sent by the echo client): \
+         {stats}"
     );
     assert!(
         stats.drop_bad_initial > 0,
