@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +19,24 @@ use serde_json::Value;
 const CAP: &str = "30";
 /// How long a capped run may take in all.
 const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The tests of this file share the machine, two at a time, except those that must have it
+/// to themselves: an open-loop run whose outcome is keeping a schedule (on a 2-core machine
+/// beside a full-speed handshake run, its requests fell 500 ms behind), and busy-polling
+/// shards and load threads, which spin on every core they get.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn alone() -> RwLockWriteGuard<'static, ()> {
+    MACHINE
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn server() -> Server {
     let mut b = Server::builder()
@@ -75,6 +93,7 @@ fn ok_run(target: &str, args: &[&str]) -> Value {
 
 #[test]
 fn echo_streams_counts_every_request_and_byte() {
+    let _machine = shared();
     let server = server();
     let v = ok_run(
         &addr(&server),
@@ -99,6 +118,7 @@ fn echo_streams_counts_every_request_and_byte() {
 
 #[test]
 fn perf_streams_get_the_asked_length() {
+    let _machine = shared();
     let server = server();
     let v = ok_run(
         &addr(&server),
@@ -125,6 +145,7 @@ fn perf_streams_get_the_asked_length() {
 
 #[test]
 fn discard_streams_complete_with_empty_replies() {
+    let _machine = shared();
     let server = server();
     let v = ok_run(
         &addr(&server),
@@ -149,6 +170,7 @@ fn discard_streams_complete_with_empty_replies() {
 
 #[test]
 fn datagrams_are_echoed_and_checked() {
+    let _machine = shared();
     let server = server();
     let v = ok_run(
         &addr(&server),
@@ -174,6 +196,7 @@ fn datagrams_are_echoed_and_checked() {
 
 #[test]
 fn handshake_rate_mode_resumes_and_uses_0rtt() {
+    let _machine = shared();
     let server = server();
     let target = addr(&server);
     let full = ok_run(
@@ -238,6 +261,7 @@ fn handshake_rate_mode_resumes_and_uses_0rtt() {
 
 #[test]
 fn open_loop_keeps_its_schedule() {
+    let _machine = alone();
     let server = server();
     let dir = TempDir::new("rate");
     let log = dir.file("rate.hlog");
@@ -275,6 +299,7 @@ fn open_loop_keeps_its_schedule() {
 
 #[test]
 fn json_summary_schema_is_stable() {
+    let _machine = shared();
     let server = server();
     let v = ok_run(&addr(&server), &["--requests", "50", "--conns", "2"]);
     let fields = [
@@ -324,6 +349,7 @@ fn json_summary_schema_is_stable() {
 
 #[test]
 fn report_merge_combines_summaries_and_logs_exactly() {
+    let _machine = shared();
     let server = server();
     let target = addr(&server);
     let dir = TempDir::new("merge");
@@ -448,6 +474,7 @@ impl AppFactory for CorruptEcho {
 
 #[test]
 fn a_wrong_byte_is_an_error_and_fails_the_run() {
+    let _machine = shared();
     let server = Server::builder()
         .listen("127.0.0.1:0".parse().unwrap())
         .shards(1)
@@ -468,6 +495,7 @@ fn a_wrong_byte_is_an_error_and_fails_the_run() {
 
 #[test]
 fn refusals_during_a_run_are_counted_by_kind() {
+    let _machine = shared();
     let server = Server::builder()
         .listen("127.0.0.1:0".parse().unwrap())
         .shards(1)
@@ -498,6 +526,7 @@ fn bad(args: &[&str], within: Duration) -> String {
 
 #[test]
 fn bad_input_gets_one_line_and_exit_2() {
+    let _machine = shared();
     let server = server();
     let target = addr(&server);
     let t = target.as_str();
@@ -570,6 +599,7 @@ fn bad_input_gets_one_line_and_exit_2() {
 
 #[test]
 fn the_right_certificate_is_trusted() {
+    let _machine = shared();
     let server = server();
     let dir = TempDir::new("cafile");
     let cert = dir.file("cert.pem");
@@ -601,6 +631,7 @@ fn the_right_certificate_is_trusted() {
 
 #[test]
 fn busy_polling_shards_serve_and_load() {
+    let _machine = alone();
     let server = Server::builder()
         .listen("127.0.0.1:0".parse().unwrap())
         .shards(1)
