@@ -291,7 +291,8 @@ fn send_garbage(server: SocketAddr, count: usize, seed: u64, initials: &[Vec<u8>
     // Odd (xorshift needs a state other than 0) and one-to-one, so that each flooder sends
     // its own datagrams. Two flooders sending the same ones (as `seed | 1` made seeds 2n and
     // 2n+1 do) would repeat a mutated Initial while the first copy waits in the accept queue,
-    // and the copy would be held for that connection rather than dropped.
+    // and the endpoint would hold the copy for that connection (dropped with it, uncounted,
+    // when its accept fails) instead of it being counted as a drop.
     let mut rng = Rng(seed << 1 | 1);
     let mut buf = vec![0u8; 1500];
     let mut sent = 0;
