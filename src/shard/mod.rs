@@ -323,7 +323,7 @@ impl Shard {
 
     /// The shard's clock: the real one, or the virtual one.
     fn now(&self) -> Instant {
-        self.clock.unwrap_or_else(Instant::now)
+        read_clock(self.clock)
     }
 
     /// Gives the shard a virtual clock that starts at `at` and moves only with
@@ -841,7 +841,7 @@ impl Shard {
                 dispatch(apps, driver, entry, event, now, stats, log)
             }));
             if dispatched.is_err() {
-                app_panicked(entry, clock.unwrap_or_else(Instant::now), stats);
+                app_panicked(entry, read_clock(clock), stats);
             }
         }
         if entry.in_handshake && (entry.handshake.is_some() || entry.conn.is_closed()) {
@@ -882,7 +882,7 @@ impl Shard {
                         )
                     }));
                     if closed.is_err() {
-                        app_panicked(entry, clock.unwrap_or_else(Instant::now), &self.stats);
+                        app_panicked(entry, read_clock(clock), &self.stats);
                     }
                 }
             }
@@ -914,6 +914,12 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// The time on a shard's clock: the virtual one when it has one (`Shard::clock`), else the
+/// real one. For code that holds part of the shard borrowed and cannot call `Shard::now`.
+fn read_clock(clock: Option<Instant>) -> Instant {
+    clock.unwrap_or_else(Instant::now)
 }
 
 /// An app callback for `entry` panicked: the connection is closed with [`APP_PANIC_CODE`],
