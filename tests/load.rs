@@ -285,9 +285,13 @@ fn open_loop_keeps_its_schedule() {
     assert!(done.status.success(), "{}", done.stderr);
     let n = v["requests"].as_u64().unwrap();
     // 400/s over 2 s measured: 800 scheduled, and a request counts if it was scheduled in
-    // the measured time, so never more; less those still in flight at the end (at most
-    // 100, a quarter second of schedule, however loaded the machine).
-    assert!((700..=800).contains(&n), "{n} requests: {v}");
+    // the measured time, so never more (a closed loop at this concurrency would do several
+    // times as many). Less those still unanswered at the end: how many depends on the
+    // machine's tail latency, not on the schedule, so the lower bound only says that the
+    // schedule ran all through. On the 2-core VM this project tests on, stalls of up to a
+    // second hit the quinn + tokio peer server as often as quring (8 runs each, back to
+    // back: 3 and 2 runs with a request over 200 ms), leaving up to 270 unanswered.
+    assert!((400..=800).contains(&n), "{n} requests: {v}");
     let d = v["duration_s"].as_f64().unwrap();
     assert!((1.9..2.5).contains(&d), "{v}");
     let intervals = read_interval_log(&std::fs::read(&log).unwrap()).unwrap();
