@@ -176,6 +176,7 @@ impl ClientBuilder {
                 max_conns: usize::MAX,
                 sources: None,
                 max_handshakes: usize::MAX,
+                handshake_worker: None,
                 server_config: None,
                 client_config: Some(self.config.clone()),
                 apps: Vec::new(),

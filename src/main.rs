@@ -221,6 +221,10 @@ struct ServeArgs {
     /// validation) [default: no limit].
     #[arg(long, value_name = "N")]
     max_handshakes: Option<usize>,
+    /// Compute new connections' first flights (key exchange, certificate signature) on the
+    /// shard thread, instead of on each shard's low-priority handshake worker.
+    #[arg(long)]
+    no_handshake_workers: bool,
     /// Close connections idle for this long.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
     idle_timeout: f64,
@@ -363,6 +367,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Error> {
         .tickets(usize::from(args.tickets))
         .zero_rtt(!args.no_0rtt)
         .log_handshakes(args.log_handshakes)
+        .handshake_workers(!args.no_handshake_workers)
         .busy_poll(Duration::from_micros(u64::from(args.busy_poll_us)))
         .datapath(args.datapath);
     if let Some(n) = args.max_conns {

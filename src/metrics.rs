@@ -36,6 +36,7 @@
 //! | `quring_connections_closed_total` | counter | connections removed from the table |
 //! | `quring_connections_refused_total` | counter | connections refused during the handshake |
 //! | `quring_connections_refused_per_source_total` | counter | new connections refused because their source address had `--max-conns-per-source` open |
+//! | `quring_handshakes_on_worker_total` | counter | connections accepted with the first flight the shard's handshake worker computed |
 //! | `quring_handshakes_full_total` | counter | handshakes completed with the certificate |
 //! | `quring_handshakes_resumed_total` | counter | handshakes completed by resuming a session |
 //! | `quring_handshakes_0rtt_accepted_total` | counter | resumed handshakes whose 0-RTT data was accepted |
@@ -390,6 +391,11 @@ const SHARD_METRICS: &[ShardMetric] = &[
         "quring_connections_refused_per_source",
         "New connections refused because their source address had --max-conns-per-source open.",
         &[("", |s| s.conns_refused_per_source)],
+    ),
+    counter(
+        "quring_handshakes_on_worker",
+        "Connections accepted with the first flight the shard's handshake worker computed.",
+        &[("", |s| s.handshakes_on_worker)],
     ),
     counter(
         "quring_handshakes_full",

@@ -35,6 +35,7 @@ pub struct ServerBuilder {
     max_conns: usize,
     max_conns_per_source: Option<usize>,
     max_handshakes: usize,
+    handshake_workers: bool,
     ticket_cache: Option<Arc<TicketCache>>,
     ticket_capacity: usize,
     tickets: usize,
@@ -136,6 +137,16 @@ impl ServerBuilder {
     /// addresses at the cost of one round trip for real clients while the limit is reached.
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Whether each shard computes its new connections' first flights (the answer to the
+    /// ClientHello: key exchange, certificate signature, most of a handshake's cost) on a
+    /// handshake worker of its own, a thread on the shard's core at the lowest priority, so
+    /// that a burst of new connections does not delay the established ones (default: yes;
+    /// see [`crate::tls::worker`]). Without, `Endpoint::accept` computes them on the shard.
+    pub fn handshake_workers(mut self, on: bool) -> Self {
+        self.handshake_workers = on;
         self
     }
 
@@ -395,6 +406,8 @@ impl ServerBuilder {
                 max_conns: self.max_conns,
                 sources: sources.clone(),
                 max_handshakes: self.max_handshakes,
+                handshake_worker: (self.handshake_workers && server_config.is_some())
+                    .then(|| wired.reset_key.clone()),
                 server_config: server_config.clone(),
                 client_config: None,
                 apps: self.apps.clone(),
@@ -480,6 +493,7 @@ impl Server {
             max_conns: usize::MAX,
             max_conns_per_source: None,
             max_handshakes: usize::MAX,
+            handshake_workers: true,
             ticket_cache: None,
             ticket_capacity: tls::DEFAULT_TICKET_CAPACITY,
             tickets: tls::DEFAULT_TICKETS,

@@ -125,6 +125,9 @@ shard_stats! {
     conns_closed,
     /// App callbacks that panicked (each closed its connection with `APP_PANIC_CODE`).
     app_panics,
+    /// Connections accepted with the first flight (the server's answer to the ClientHello)
+    /// the shard's handshake worker computed, off the shard thread.
+    handshakes_on_worker,
     /// Handshakes completed with the certificate (no session resumed).
     handshakes_full,
     /// Handshakes completed by resuming a session with a ticket (with or without 0-RTT).

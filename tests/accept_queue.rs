@@ -27,7 +27,8 @@ fn a_burst_of_new_connections_past_the_queue_is_dropped_and_counted() {
         .expect("server starts");
     let addr = server.local_addrs()[0];
     // Real Initials, each a new connection, from a client that never answers: each one the
-    // shard accepts costs it a full first flight (key exchange and signature).
+    // shard accepts costs a full first flight (key exchange and signature), on its handshake
+    // worker.
     let initials = real_initials(addr, BURST);
     runtime().block_on(async {
         let endpoint = client_endpoint(&server, addr);

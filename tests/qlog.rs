@@ -231,8 +231,12 @@ fn load_writes_client_qlogs_and_serve_writes_none_without_the_option() {
         "--no-pin",
         "--conns",
         "2",
-        "--requests",
-        "4",
+        // Requests for a second rather than a count: a count can be used up on the first
+        // connection before the second one's handshake completes.
+        "--rate",
+        "100",
+        "--duration",
+        "1",
         "--qlog-dir",
         path_str(&qlogs),
     ]);

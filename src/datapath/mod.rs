@@ -57,6 +57,22 @@ pub enum DatapathKind {
     Portable,
 }
 
+/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`), below every normal
+/// and real-time thread: the kernel runs it in the time the other threads on its cores leave,
+/// and stops it as soon as one of them wakes (it still gets a sliver of a busy core, so it is
+/// never starved outright). A shard's handshake worker runs so (see `crate::tls::worker`).
+/// On Linux the scheduling policy belongs to the thread, not the process.
+pub fn lower_thread_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` lives on this stack frame for the whole call, and the kernel only reads
+    // it during the call; `pid` 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl DatapathKind {
     /// The kind named by [`DATAPATH_ENV`]; [`DatapathKind::Uring`] when it is unset or empty.
     pub fn from_env() -> Result<DatapathKind, String> {

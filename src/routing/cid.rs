@@ -12,6 +12,7 @@
 //! among the bytes `b` with `b % shards == shard`, so it names the shard without being a
 //! constant an observer could link CIDs by. The nonce is random.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
@@ -20,7 +21,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::error::Error;
 
 /// Largest CID QUIC allows.
-const MAX_CID_LEN: usize = 20;
+pub const MAX_CID_LEN: usize = 20;
 /// Random bytes after the shard byte.
 const MIN_NONCE_LEN: usize = 4;
 /// CID length without a server id.
@@ -98,6 +99,20 @@ impl CidLayout {
     }
 }
 
+thread_local! {
+    /// The CID the next `generate_cid` on this thread returns (see [`reserve`]).
+    static RESERVED: Cell<Option<ConnectionId>> = const { Cell::new(None) };
+}
+
+/// Makes `cid` (issued by this thread's shard's generator, so that it names the shard) the
+/// CID the next [`ShardCidGenerator::generate_cid`] on this thread returns; `None` cancels a
+/// reservation not taken. A shard reserves a new connection's CID before `Endpoint::accept`,
+/// whose first CID is the connection's, when its handshake was prepared for that CID (see
+/// `crate::tls::worker`), and cancels the reservation after it.
+pub fn reserve(cid: Option<ConnectionId>) {
+    RESERVED.set(cid);
+}
+
 /// Issues CIDs for one shard (quinn-proto asks for a few per connection, never per packet).
 pub struct ShardCidGenerator {
     layout: CidLayout,
@@ -127,6 +142,9 @@ impl ShardCidGenerator {
 
 impl ConnectionIdGenerator for ShardCidGenerator {
     fn generate_cid(&mut self) -> ConnectionId {
+        if let Some(cid) = RESERVED.take() {
+            return cid;
+        }
         let len = self.layout.cid_len();
         let mut cid = [0u8; MAX_CID_LEN];
         self.random(&mut cid[..len]);

@@ -1,5 +1,6 @@
 //! A shard: one thread that owns a set of sockets, an io_uring, a `quinn_proto::Endpoint`,
-//! the connections it accepted and one instance of each app. Nothing in it is shared with
+//! the connections it accepted and one instance of each app (and, on a server, a handshake
+//! worker thread on the same core: [`crate::tls::worker`]). Nothing in it is shared with
 //! other shards except its counters (written only here) and its stop flag.
 //!
 //! The loop: wait on the ring (bounded by the earliest connection timer), feed each received
@@ -29,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectError, ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint, Event,
-    StreamEvent, Transmit, VarInt,
+    ConnectError, ConnectionError, ConnectionHandle, ConnectionId, ConnectionIdGenerator,
+    DatagramEvent, EcnCodepoint, Endpoint, Event, StreamEvent, Transmit, VarInt,
 };
 use socket2::Socket;
 
@@ -40,8 +41,10 @@ use crate::app::{
 };
 use crate::datapath::{cmsg::RecvMeta, Datapath, DatapathKind, Offloads, SendOutcome, Waker};
 use crate::error::Error;
+use crate::routing::cid::{self, ShardCidGenerator};
 use crate::routing::{steering, CidLayout, Forwarded, Handoff};
 use crate::stats::ShardStats;
+use crate::tls::worker::{self, HandshakeWorker, ShardCrypto};
 use crossbeam_channel::Receiver;
 use qlog::ShardQlog;
 use timers::Timers;
@@ -65,6 +68,11 @@ const ACCEPT_QUEUE: usize = 256;
 /// more while the round has spent less than this on them.
 const ACCEPT_BUDGET: Duration = Duration::from_micros(50);
 
+/// How long a shard lets its handshake worker go without finishing a job while connections
+/// wait for it before it computes their first flights itself, oldest first: a worker in the
+/// idle scheduling class gets next to no time on a core that other processes keep busy.
+const WORKER_PATIENCE: Duration = Duration::from_millis(10);
+
 /// Error code used when a connection negotiated an ALPN no app serves (cannot happen while
 /// the TLS configuration lists exactly the apps' protocols).
 const NO_APP_CODE: VarInt = VarInt::from_u32(0x1);
@@ -73,6 +81,8 @@ const NO_APP_CODE: VarInt = VarInt::from_u32(0x1);
 pub(crate) struct ShardWiring {
     /// Issues CIDs that name the shard; the set's stateless-reset key.
     pub endpoint_config: Arc<quinn_proto::EndpointConfig>,
+    /// The set's stateless-reset key (also in `endpoint_config`).
+    pub reset_key: Arc<ring::hmac::Key>,
     pub waker: Waker,
     pub inbox: Receiver<Forwarded>,
 }
@@ -97,6 +107,7 @@ pub(crate) fn wire(layout: &CidLayout) -> Result<(Arc<Handoff>, Vec<ShardWiring>
             endpoint_config.cid_generator(move || Box::new(cids.generator(index)));
             ShardWiring {
                 endpoint_config: Arc::new(endpoint_config),
+                reset_key: reset_key.clone(),
                 waker,
                 inbox,
             }
@@ -128,6 +139,10 @@ pub(crate) struct ShardParams {
     pub max_handshakes: usize,
     /// Accepts connections with this configuration (a server shard).
     pub server_config: Option<Arc<quinn_proto::ServerConfig>>,
+    /// A server shard that computes its new connections' first flights on a handshake worker
+    /// (see [`crate::tls::worker`]) has the set's stateless-reset key here, for the reset
+    /// tokens of the transport parameters the worker writes. `None`: in `Endpoint::accept`.
+    pub handshake_worker: Option<Arc<ring::hmac::Key>>,
     /// Opens connections with this configuration (a client shard).
     pub client_config: Option<quinn_proto::ClientConfig>,
     pub apps: Vec<Arc<dyn AppFactory>>,
@@ -186,6 +201,34 @@ struct Queued {
     socket: usize,
     /// When its first datagram arrived: the start of its handshake.
     arrived: Instant,
+    flight: FirstFlight,
+}
+
+/// Where a queued connection's first flight is computed.
+enum FirstFlight {
+    /// In `Endpoint::accept`.
+    Inline,
+    /// On the handshake worker (job `id`), for the CID `cid`: not ready to accept yet.
+    Working { id: u64, cid: ConnectionId },
+    /// Computed by the worker: `accept` takes this session.
+    Prepared {
+        cid: ConnectionId,
+        session: Box<worker::Prepared>,
+    },
+    /// The worker panicked on it: the connection is dropped.
+    Failed,
+}
+
+/// A server shard's handshake worker, and what the shard needs to give it work.
+struct Worker {
+    handle: HandshakeWorker,
+    /// Issues the CIDs reserved for connections whose first flight the worker computes.
+    cids: ShardCidGenerator,
+    /// A copy of the long-header datagram the endpoint is handling: the job for the worker if
+    /// it starts a connection. Empty for other datagrams.
+    datagram: Vec<u8>,
+    /// When the worker last finished a job, or was given one with none waiting.
+    progress: Instant,
 }
 
 /// Who hears a connection's events.
@@ -233,6 +276,8 @@ pub(crate) struct Shard {
     sources: Option<Arc<SourceLimit>>,
     /// New connections not yet accepted (see `accept_queued`).
     accept_queue: VecDeque<Queued>,
+    /// Computes new connections' first flights (a server shard, unless turned off).
+    worker: Option<Worker>,
     /// Server handshakes in flight, against `max_handshakes` (with the queued ones).
     handshaking: usize,
     max_handshakes: usize,
@@ -265,7 +310,29 @@ impl Shard {
             p.stats.clone(),
             p.busy_poll,
         )?;
-        Ok(Shard::with_datapath(p, datapath))
+        // The worker accepts through a configuration of the shard's own, which hands
+        // `accept` the sessions it prepared.
+        let mut worker = None;
+        if let (Some(key), Some(shared)) = (p.handshake_worker.take(), &p.server_config) {
+            let crypto = Arc::new(ShardCrypto::new(shared.crypto.clone()));
+            let mut config = quinn_proto::ServerConfig::clone(shared);
+            config.crypto = crypto.clone();
+            p.server_config = Some(Arc::new(config));
+            worker = Some(Worker {
+                handle: HandshakeWorker::start(
+                    format!("handshakes-{}", p.index),
+                    crypto,
+                    key,
+                    p.waker.clone(),
+                )?,
+                cids: p.layout.generator(p.index),
+                datagram: Vec::new(),
+                progress: Instant::now(),
+            });
+        }
+        let mut shard = Shard::with_datapath(p, datapath);
+        shard.worker = worker;
+        Ok(shard)
     }
 
     /// Builds the shard on `datapath` (`p.sockets` unused).
@@ -306,6 +373,7 @@ impl Shard {
             max_conns: p.max_conns,
             sources: p.sources,
             accept_queue: VecDeque::new(),
+            worker: None,
             handshaking: 0,
             max_handshakes: p.max_handshakes,
             log_handshakes: p.log_handshakes,
@@ -335,7 +403,7 @@ impl Shard {
 
     /// When the shard next has something to do on its own (a timer, its driver), on its clock.
     pub fn next_wake(&self) -> Option<Instant> {
-        if !self.accept_queue.is_empty() {
+        if self.accept_ready() {
             return Some(self.now());
         }
         match (self.timers.next(), self.driver_wake) {
@@ -386,6 +454,7 @@ impl Shard {
             self.drive_dirty(now)?;
         }
         if !self.accept_queue.is_empty() {
+            self.collect_first_flights();
             self.accept_queued();
             self.drive_dirty(self.now())?;
         }
@@ -394,11 +463,16 @@ impl Shard {
             (None, Some(b)) if self.drain_deadline.is_none() => Some(b),
             (a, _) => a,
         };
-        let timeout = if self.accept_queue.is_empty() {
-            wake.map(|at| at.saturating_duration_since(now))
-        } else {
+        let timeout = if self.accept_ready() {
             // Connections wait to be accepted: look for traffic and come straight back.
             Some(Duration::ZERO)
+        } else {
+            // (The handshake worker wakes the shard when it has prepared one.)
+            let wake = wake.map(|at| at.saturating_duration_since(now));
+            match self.check_worker() {
+                Some(patience) => Some(wake.map_or(patience, |w| w.min(patience))),
+                None => wake,
+            }
         };
         let timeout = match self.drain_deadline {
             Some(deadline) => {
@@ -506,6 +580,13 @@ impl Shard {
     ) {
         self.stats.processed_local.add(1);
         self.response.clear();
+        if let Some(worker) = &mut self.worker {
+            worker.datagram.clear();
+            // Only a long-header packet can start a connection.
+            if datagram.first().is_some_and(|b| b & 0x80 != 0) {
+                worker.datagram.extend_from_slice(&datagram);
+            }
+        }
         let buffered = self.endpoint.incoming_buffer_bytes();
         match self
             .endpoint
@@ -538,10 +619,12 @@ impl Shard {
                     self.endpoint.ignore(incoming);
                     self.stats.drop_accept_queue_full.add(1);
                 } else {
+                    let flight = self.start_first_flight(&incoming);
                     self.accept_queue.push_back(Queued {
                         incoming,
                         socket,
                         arrived: now,
+                        flight,
                     });
                 }
             }
@@ -609,21 +692,123 @@ impl Shard {
         }
     }
 
-    /// Accepts queued connections: at least one, then more until [`ACCEPT_BUDGET`] has passed.
+    /// Accepts queued connections that are ready (their first flight is not on the handshake
+    /// worker): at least one, then more until [`ACCEPT_BUDGET`] has passed.
     ///
     /// A new connection's first flight (key exchange, certificate signature) is most of the
-    /// work a handshake costs a shard. Done as each Initial arrives, a burst of them would hold
-    /// back the packets of established connections that arrived with them, in the same batch
-    /// of completions, until all were done. Queued, they wait instead: each round first
+    /// work a handshake costs a server; without a worker `accept` computes it, and even with
+    /// one the rest of `accept` is work. Done as each Initial arrives, a burst of them would
+    /// hold back the packets of established connections that arrived with them, in the same
+    /// batch of completions, until all were done. Queued, they wait instead: each round first
     /// drives what its datagrams did to established connections, then spends a bounded time
     /// accepting.
     fn accept_queued(&mut self) {
         let start = Instant::now();
-        while let Some(queued) = self.accept_queue.pop_front() {
+        while let Some(queued) = self.next_ready() {
             self.admit(queued);
             if start.elapsed() >= ACCEPT_BUDGET {
                 break;
             }
+        }
+    }
+
+    /// Whether a queued connection can be accepted now (its first flight is not on the
+    /// handshake worker).
+    fn accept_ready(&self) -> bool {
+        self.accept_queue
+            .iter()
+            .any(|q| !matches!(q.flight, FirstFlight::Working { .. }))
+    }
+
+    /// Takes the oldest queued connection that can be accepted now.
+    fn next_ready(&mut self) -> Option<Queued> {
+        let i = self
+            .accept_queue
+            .iter()
+            .position(|q| !matches!(q.flight, FirstFlight::Working { .. }))?;
+        self.accept_queue.remove(i)
+    }
+
+    /// Gives the first flight of the new connection `incoming` to the handshake worker, if
+    /// the shard has one and it can take it; the datagram is the one `on_datagram` is
+    /// handling.
+    fn start_first_flight(&mut self, incoming: &quinn_proto::Incoming) -> FirstFlight {
+        let idle = !self.working();
+        let Some(worker) = &mut self.worker else {
+            return FirstFlight::Inline;
+        };
+        if worker.datagram.is_empty() {
+            return FirstFlight::Inline;
+        }
+        let cid = worker.cids.generate_cid();
+        match worker
+            .handle
+            .submit(&worker.datagram, cid, *incoming.orig_dst_cid())
+        {
+            Some(id) => {
+                if idle {
+                    worker.progress = Instant::now();
+                }
+                FirstFlight::Working { id, cid }
+            }
+            None => FirstFlight::Inline,
+        }
+    }
+
+    /// Whether a queued connection's first flight is on the handshake worker.
+    fn working(&self) -> bool {
+        self.accept_queue
+            .iter()
+            .any(|q| matches!(q.flight, FirstFlight::Working { .. }))
+    }
+
+    /// While connections wait for the handshake worker: if it has finished nothing for
+    /// [`WORKER_PATIENCE`], the oldest is taken back to be accepted inline; returns how long
+    /// the shard may wait before it looks again. `None`: nothing waits for the worker.
+    fn check_worker(&mut self) -> Option<Duration> {
+        let worker = self.worker.as_mut()?;
+        let waiting = self
+            .accept_queue
+            .iter_mut()
+            .find(|q| matches!(q.flight, FirstFlight::Working { .. }))?;
+        let stalled = worker.progress.elapsed();
+        if stalled < WORKER_PATIENCE {
+            return Some(WORKER_PATIENCE - stalled);
+        }
+        if let FirstFlight::Working { id, .. } = waiting.flight {
+            worker.handle.take_back(id);
+        }
+        waiting.flight = FirstFlight::Inline;
+        Some(Duration::ZERO)
+    }
+
+    /// Takes the first flights the handshake worker has finished into the accept queue.
+    fn collect_first_flights(&mut self) {
+        let Some(worker) = &mut self.worker else {
+            return;
+        };
+        let queue = &mut self.accept_queue;
+        let mut finished = false;
+        worker.handle.take_done(|done| {
+            finished = true;
+            // A connection refused while its flight was worked on has left the queue.
+            let Some(queued) = queue
+                .iter_mut()
+                .find(|q| matches!(q.flight, FirstFlight::Working { id, .. } if id == done.id))
+            else {
+                return;
+            };
+            let FirstFlight::Working { cid, .. } = queued.flight else {
+                return;
+            };
+            queued.flight = match done.flight {
+                worker::FirstFlight::Prepared(session) => FirstFlight::Prepared { cid, session },
+                worker::FirstFlight::Inline => FirstFlight::Inline,
+                worker::FirstFlight::Failed => FirstFlight::Failed,
+            };
+        });
+        if finished {
+            worker.progress = Instant::now();
         }
     }
 
@@ -635,7 +820,13 @@ impl Shard {
             incoming,
             socket,
             arrived,
+            flight,
         } = queued;
+        if matches!(flight, FirstFlight::Failed) {
+            self.endpoint.ignore(incoming);
+            self.stats.drop_bad_initial.add(1);
+            return;
+        }
         let full = self.open_total.load(Ordering::Relaxed) >= self.max_conns;
         if full || self.stop.load(Ordering::Acquire) {
             self.refuse(incoming, socket);
@@ -662,10 +853,26 @@ impl Shard {
             .as_ref()
             .and_then(|q| q.server_config(id, &incoming, now));
         self.response.clear();
-        match self
+        let prepared = match (flight, &self.worker) {
+            (FirstFlight::Prepared { cid, session }, Some(worker)) => {
+                worker.handle.config().arm(session);
+                cid::reserve(Some(cid));
+                true
+            }
+            _ => false,
+        };
+        let accepted = self
             .endpoint
-            .accept(incoming, now, &mut self.response, config)
-        {
+            .accept(incoming, now, &mut self.response, config);
+        if prepared {
+            cid::reserve(None);
+            if let Some(worker) = &self.worker {
+                if worker.handle.config().disarm() && accepted.is_ok() {
+                    self.stats.handshakes_on_worker.add(1);
+                }
+            }
+        }
+        match accepted {
             Ok((handle, conn)) => {
                 self.insert(handle, conn, id, socket, arrived, Listener::Nobody);
             }

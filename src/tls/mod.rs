@@ -4,6 +4,7 @@
 mod client;
 pub mod handshake;
 pub mod tickets;
+pub mod worker;
 
 use std::path::Path;
 use std::sync::Arc;
