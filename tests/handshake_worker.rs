@@ -34,11 +34,11 @@ fn echo_server(workers: bool) -> Server {
         .expect("server starts")
 }
 
-/// Opens `n` connections one after the other from one quinn endpoint (which resumes with the
-/// tickets of the earlier ones), echoing over each.
-fn echo_connections(server: &Server, addr: SocketAddr, n: usize) {
+/// Opens `n` connections one after the other from one quinn endpoint with `config` (which
+/// resumes with the tickets of the earlier ones, if it keeps them), echoing over each.
+fn echo_connections(config: quinn::ClientConfig, addr: SocketAddr, n: usize) {
     runtime().block_on(async {
-        let endpoint = client_endpoint(server, addr);
+        let endpoint = endpoint_with(config, addr);
         for i in 0..n {
             let conn = connect(&endpoint, addr).await;
             let data = pattern(i as u64, 5_000);
@@ -54,7 +54,7 @@ fn first_flights_are_computed_on_the_worker() {
     let _alone = alone();
     let server = echo_server(true);
     let addr = server.local_addrs()[0];
-    echo_connections(&server, addr, 10);
+    echo_connections(client_config(&server, b"echo"), addr, 10);
     let stats = wait_stats(&server, DEADLINE, "ten handshakes", |s| {
         s.conns_accepted == 10
     });
@@ -88,7 +88,7 @@ fn without_workers_first_flights_stay_on_the_shard() {
     let _alone = alone();
     let server = echo_server(false);
     let addr = server.local_addrs()[0];
-    echo_connections(&server, addr, 5);
+    echo_connections(client_config(&server, b"echo"), addr, 5);
     let stats = wait_stats(&server, DEADLINE, "five handshakes", |s| {
         s.conns_accepted == 5
     });
@@ -100,7 +100,7 @@ fn a_client_hello_over_several_packets_is_finished_on_the_shard() {
     let _alone = alone();
     let server = echo_server(true);
     let addr = server.local_addrs()[0];
-    echo_connections(&server, addr, 1);
+    echo_connections(client_config(&server, b"echo"), addr, 1);
     // Forty unknown protocols before `echo` make a ClientHello of over 2 KB: two Initial
     // packets. The worker reads only the first; its start of the ClientHello is replayed
     // into the session and the shard reads the rest.
@@ -110,16 +110,7 @@ fn a_client_hello_over_several_packets_is_finished_on_the_shard() {
     tls.alpn_protocols = alpns;
     tls.resumption = rustls::client::Resumption::disabled();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
-    runtime().block_on(async {
-        let endpoint = endpoint_with(quinn::ClientConfig::new(Arc::new(crypto)), addr);
-        for i in 0..3 {
-            let conn = connect(&endpoint, addr).await;
-            let data = pattern(i, 5_000);
-            assert!(echo_stream(&conn, &data).await == data, "echo {i}");
-            conn.close(0u32.into(), b"done");
-        }
-        endpoint.wait_idle().await;
-    });
+    echo_connections(quinn::ClientConfig::new(Arc::new(crypto)), addr, 3);
     let stats = wait_stats(&server, Duration::from_secs(10), "four handshakes", |s| {
         s.conns_accepted == 4
     });
