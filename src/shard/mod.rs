@@ -219,6 +219,13 @@ enum FirstFlight {
     Failed,
 }
 
+impl FirstFlight {
+    /// On the handshake worker: the connection cannot be accepted yet.
+    fn working(&self) -> bool {
+        matches!(self, FirstFlight::Working { .. })
+    }
+}
+
 /// A server shard's handshake worker, and what the shard needs to give it work.
 struct Worker {
     handle: HandshakeWorker,
@@ -715,17 +722,12 @@ impl Shard {
     /// Whether a queued connection can be accepted now (its first flight is not on the
     /// handshake worker).
     fn accept_ready(&self) -> bool {
-        self.accept_queue
-            .iter()
-            .any(|q| !matches!(q.flight, FirstFlight::Working { .. }))
+        self.accept_queue.iter().any(|q| !q.flight.working())
     }
 
     /// Takes the oldest queued connection that can be accepted now.
     fn next_ready(&mut self) -> Option<Queued> {
-        let i = self
-            .accept_queue
-            .iter()
-            .position(|q| !matches!(q.flight, FirstFlight::Working { .. }))?;
+        let i = self.accept_queue.iter().position(|q| !q.flight.working())?;
         self.accept_queue.remove(i)
     }
 
@@ -733,7 +735,7 @@ impl Shard {
     /// the shard has one and it can take it; the datagram is the one `on_datagram` is
     /// handling.
     fn start_first_flight(&mut self, incoming: &quinn_proto::Incoming) -> FirstFlight {
-        let idle = !self.working();
+        let idle = !self.accept_queue.iter().any(|q| q.flight.working());
         let Some(worker) = &mut self.worker else {
             return FirstFlight::Inline;
         };
@@ -741,9 +743,11 @@ impl Shard {
             return FirstFlight::Inline;
         }
         let cid = worker.cids.generate_cid();
+        // The copy becomes the job's (the next long-header datagram refills a new one).
+        let datagram = std::mem::take(&mut worker.datagram);
         match worker
             .handle
-            .submit(&worker.datagram, cid, *incoming.orig_dst_cid())
+            .submit(datagram, cid, *incoming.orig_dst_cid())
         {
             Some(id) => {
                 if idle {
@@ -755,22 +759,12 @@ impl Shard {
         }
     }
 
-    /// Whether a queued connection's first flight is on the handshake worker.
-    fn working(&self) -> bool {
-        self.accept_queue
-            .iter()
-            .any(|q| matches!(q.flight, FirstFlight::Working { .. }))
-    }
-
     /// While connections wait for the handshake worker: if it has finished nothing for
     /// [`WORKER_PATIENCE`], the oldest is taken back to be accepted inline; returns how long
     /// the shard may wait before it looks again. `None`: nothing waits for the worker.
     fn check_worker(&mut self) -> Option<Duration> {
         let worker = self.worker.as_mut()?;
-        let waiting = self
-            .accept_queue
-            .iter_mut()
-            .find(|q| matches!(q.flight, FirstFlight::Working { .. }))?;
+        let waiting = self.accept_queue.iter_mut().find(|q| q.flight.working())?;
         let stalled = worker.progress.elapsed();
         if stalled < WORKER_PATIENCE {
             return Some(WORKER_PATIENCE - stalled);

@@ -298,7 +298,7 @@ impl HandshakeWorker {
     /// worker holds the queue this instant.
     pub fn submit(
         &mut self,
-        datagram: &[u8],
+        datagram: Vec<u8>,
         cid: ConnectionId,
         orig_dst_cid: ConnectionId,
     ) -> Option<u64> {
@@ -306,7 +306,7 @@ impl HandshakeWorker {
         let id = self.next_id;
         let job = Job {
             id,
-            datagram: datagram.to_vec(),
+            datagram,
             template,
             cid,
             orig_dst_cid,
