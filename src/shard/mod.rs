@@ -6,8 +6,9 @@
 //! The loop: wait on the ring (bounded by the earliest connection timer), feed each received
 //! datagram to the endpoint, let every connection that changed deliver its events to its
 //! app, then transmit what the connections have to send, until the send slots run out; then
-//! accept new connections from the accept queue for a bounded time, so that handshakes wait
-//! behind established traffic rather than the other way round.
+//! spend a bounded time on handshakes (accepting queued connections, handling the datagrams
+//! of connections in their handshake), so that handshakes wait behind established traffic
+//! rather than the other way round.
 
 mod arena;
 mod closing;
@@ -63,10 +64,14 @@ pub const APP_PANIC_REASON: &[u8] = b"internal error";
 /// Initial is dropped (counted as `drop_accept_queue_full`) and the client sends it again.
 const ACCEPT_QUEUE: usize = 256;
 
-/// How long (on the real clock) a loop round may spend accepting queued connections, after
-/// the round's established traffic has been driven: at least one is accepted per round, then
-/// more while the round has spent less than this on them.
-const ACCEPT_BUDGET: Duration = Duration::from_micros(50);
+/// How long (on the real clock) a loop round may spend on handshakes (see
+/// `Shard::handshake_round`), after the round's established traffic has been driven: one
+/// piece of handshake work per round, then more while the round has spent less than this.
+const HANDSHAKE_BUDGET: Duration = Duration::from_micros(20);
+
+/// Events the handshake lane holds at most (see `Shard::lane`). Beyond it, a handshaking
+/// connection's datagram is handled as it arrives, as an established one's is.
+const LANE: usize = 256;
 
 /// How long a shard lets its handshake worker go without finishing a job while connections
 /// wait for it before it computes their first flights itself, oldest first: a worker in the
@@ -188,10 +193,21 @@ struct Entry {
     accepted_at: Instant,
     /// A server connection counted among the shard's handshakes in flight.
     in_handshake: bool,
+    /// Its events waiting in the handshake lane: while any do, its next ones wait there too,
+    /// so that it sees its datagrams in the order they came.
+    in_lane: usize,
     /// The source address it is counted under in the shard's `SourceLimit`.
     source: Option<IpAddr>,
     /// What its handshake negotiated, from its completion on.
     handshake: Option<Box<HandshakeInfo>>,
+}
+
+/// A datagram for a connection in its handshake, waiting in the handshake lane.
+struct LaneEvent {
+    slot: usize,
+    /// The connection's id: the slot may have been freed and taken by another meanwhile.
+    id: ConnId,
+    event: quinn_proto::ConnectionEvent,
 }
 
 /// A new connection waiting in the accept queue.
@@ -281,8 +297,14 @@ pub(crate) struct Shard {
     open_total: Arc<AtomicUsize>,
     max_conns: usize,
     sources: Option<Arc<SourceLimit>>,
-    /// New connections not yet accepted (see `accept_queued`).
+    /// New connections not yet accepted (see `handshake_round`).
     accept_queue: VecDeque<Queued>,
+    /// The handshake lane: datagrams of server connections in their handshake (the client's
+    /// Finished, which the server answers with its session tickets), handled after the
+    /// round's established traffic (see `handshake_round`).
+    lane: VecDeque<LaneEvent>,
+    /// Whose turn it is in `handshake_round`: the lane's (else the accept queue's).
+    lane_next: bool,
     /// Computes new connections' first flights (a server shard, unless turned off).
     worker: Option<Worker>,
     /// Server handshakes in flight, against `max_handshakes` (with the queued ones).
@@ -380,6 +402,8 @@ impl Shard {
             max_conns: p.max_conns,
             sources: p.sources,
             accept_queue: VecDeque::new(),
+            lane: VecDeque::new(),
+            lane_next: true,
             worker: None,
             handshaking: 0,
             max_handshakes: p.max_handshakes,
@@ -410,7 +434,7 @@ impl Shard {
 
     /// When the shard next has something to do on its own (a timer, its driver), on its clock.
     pub fn next_wake(&self) -> Option<Instant> {
-        if self.accept_ready() {
+        if self.handshake_ready() {
             return Some(self.now());
         }
         match (self.timers.next(), self.driver_wake) {
@@ -443,6 +467,7 @@ impl Shard {
         while let Some((at, slot)) = self.timers.pop_due(now) {
             if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
                 if entry.timer == Some(at) {
+                    handle_lane_events(&mut self.lane, entry, slot);
                     entry.timer = None;
                     entry.conn.handle_timeout(now);
                     mark_dirty(&mut self.dirty, entry, slot);
@@ -460,18 +485,17 @@ impl Shard {
             }
             self.drive_dirty(now)?;
         }
-        if !self.accept_queue.is_empty() {
+        if !self.accept_queue.is_empty() || !self.lane.is_empty() {
             self.collect_first_flights();
-            self.accept_queued();
-            self.drive_dirty(self.now())?;
+            self.handshake_round()?;
         }
         let wake = match (self.timers.next(), self.driver_wake) {
             (Some(a), Some(b)) if self.drain_deadline.is_none() => Some(a.min(b)),
             (None, Some(b)) if self.drain_deadline.is_none() => Some(b),
             (a, _) => a,
         };
-        let timeout = if self.accept_ready() {
-            // Connections wait to be accepted: look for traffic and come straight back.
+        let timeout = if self.handshake_ready() {
+            // Handshakes wait: look for traffic and come straight back.
             Some(Duration::ZERO)
         } else {
             // (The handshake worker wakes the shard when it has prepared one.)
@@ -600,9 +624,16 @@ impl Shard {
             .handle(now, src, dst_ip, ecn, datagram, &mut self.response)
         {
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                if let Some(entry) = self.conns.get_mut(handle.0).and_then(Option::as_mut) {
-                    entry.conn.handle_event(event);
-                    mark_dirty(&mut self.dirty, entry, handle.0);
+                let slot = handle.0;
+                if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                    if (entry.in_handshake || entry.in_lane > 0) && self.lane.len() < LANE {
+                        entry.in_lane += 1;
+                        let id = entry.id;
+                        self.lane.push_back(LaneEvent { slot, id, event });
+                    } else {
+                        entry.conn.handle_event(event);
+                        mark_dirty(&mut self.dirty, entry, slot);
+                    }
                 }
             }
             Some(DatagramEvent::NewConnection(mut incoming)) => {
@@ -699,36 +730,74 @@ impl Shard {
         }
     }
 
-    /// Accepts queued connections that are ready (their first flight is not on the handshake
-    /// worker): at least one, then more until [`ACCEPT_BUDGET`] has passed.
+    /// Handshake work, after the round's established traffic was driven, one piece at a
+    /// time, each followed by driving what it changed: in turn (across rounds too) an event
+    /// from the handshake lane and a queued connection that is ready (its first flight is not
+    /// on the handshake worker) to accept, either when the other kind waits not, until
+    /// neither waits or [`HANDSHAKE_BUDGET`] has passed.
     ///
     /// A new connection's first flight (key exchange, certificate signature) is most of the
     /// work a handshake costs a server; without a worker `accept` computes it, and even with
-    /// one the rest of `accept` is work. Done as each Initial arrives, a burst of them would
-    /// hold back the packets of established connections that arrived with them, in the same
-    /// batch of completions, until all were done. Queued, they wait instead: each round first
-    /// drives what its datagrams did to established connections, then spends a bounded time
-    /// accepting.
-    fn accept_queued(&mut self) {
+    /// one the rest of `accept` is work, as is the client's Finished (and the tickets sent
+    /// for it). Done as their datagrams arrive, a burst of them would hold back the packets of
+    /// established connections that arrived with them, in the same batch of completions,
+    /// until all were done. Queued, they wait instead: each round first drives what its
+    /// datagrams did to established connections, then spends a bounded time on handshakes,
+    /// and the shard looks for new traffic before it goes on.
+    fn handshake_round(&mut self) -> std::io::Result<()> {
         let start = Instant::now();
-        while let Some(queued) = self.next_ready() {
-            self.admit(queued);
-            if start.elapsed() >= ACCEPT_BUDGET {
-                break;
+        loop {
+            let lane = Shard::handle_lane_event as fn(&mut Shard) -> bool;
+            let accept = Shard::accept_next as fn(&mut Shard) -> bool;
+            let (first, second) = if self.lane_next {
+                (lane, accept)
+            } else {
+                (accept, lane)
+            };
+            self.lane_next = !self.lane_next;
+            if !(first(self) || second(self)) {
+                return Ok(());
+            }
+            self.drive_dirty(self.now())?;
+            if start.elapsed() >= HANDSHAKE_BUDGET {
+                return Ok(());
             }
         }
     }
 
-    /// Whether a queued connection can be accepted now (its first flight is not on the
-    /// handshake worker).
-    fn accept_ready(&self) -> bool {
-        self.accept_queue.iter().any(|q| !q.flight.working())
+    /// Accepts the oldest queued connection that is ready; `false` if none is.
+    fn accept_next(&mut self) -> bool {
+        let ready = self.accept_queue.iter().position(|q| !q.flight.working());
+        match ready.and_then(|i| self.accept_queue.remove(i)) {
+            Some(queued) => {
+                self.admit(queued);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Takes the oldest queued connection that can be accepted now.
-    fn next_ready(&mut self) -> Option<Queued> {
-        let i = self.accept_queue.iter().position(|q| !q.flight.working())?;
-        self.accept_queue.remove(i)
+    /// Handles the oldest event in the handshake lane, and its connection's later ones there;
+    /// `false` if the lane was empty.
+    fn handle_lane_event(&mut self) -> bool {
+        let Some(LaneEvent { slot, id, event }) = self.lane.pop_front() else {
+            return false;
+        };
+        if let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+            if entry.id == id {
+                entry.in_lane -= 1;
+                entry.conn.handle_event(event);
+                handle_lane_events(&mut self.lane, entry, slot);
+                mark_dirty(&mut self.dirty, entry, slot);
+            }
+        }
+        true
+    }
+
+    /// Whether handshake work can be done now: an event waits in the handshake lane, or a
+    /// queued connection is ready (its first flight is not on the handshake worker).
+    fn handshake_ready(&self) -> bool {
+        !self.lane.is_empty() || self.accept_queue.iter().any(|q| !q.flight.working())
     }
 
     /// Gives the first flight of the new connection `incoming` to the handshake worker, if
@@ -974,6 +1043,7 @@ impl Shard {
             window_released: false,
             accepted_at: now,
             in_handshake: listener != Listener::Driver,
+            in_lane: 0,
             source,
             handshake: None,
         });
@@ -1031,6 +1101,7 @@ impl Shard {
         let Some(entry) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
+        handle_lane_events(&mut self.lane, entry, slot);
         entry.dirty = false;
         let handle = ConnectionHandle(slot);
         let clock = self.clock;
@@ -1142,6 +1213,23 @@ fn app_panicked(entry: &mut Entry, now: Instant, stats: &ShardStats) {
     entry
         .conn
         .close(now, APP_PANIC_CODE, Bytes::from_static(APP_PANIC_REASON));
+}
+
+/// Handles the events of `entry` (in `slot`) waiting in the handshake lane, oldest first. A
+/// connection acts (on a timer, when driven) only once it has seen every datagram that came
+/// before: what it logs and computes then is in the order of time.
+fn handle_lane_events(lane: &mut VecDeque<LaneEvent>, entry: &mut Entry, slot: usize) {
+    let mut i = 0;
+    while entry.in_lane > 0 && i < lane.len() {
+        if lane[i].slot == slot && lane[i].id == entry.id {
+            if let Some(queued) = lane.remove(i) {
+                entry.in_lane -= 1;
+                entry.conn.handle_event(queued.event);
+            }
+        } else {
+            i += 1;
+        }
+    }
 }
 
 fn mark_dirty(dirty: &mut Vec<usize>, entry: &mut Entry, slot: usize) {

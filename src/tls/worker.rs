@@ -17,14 +17,16 @@
 //!    ClientHello from its CRYPTO frames, writes the server's transport parameters (the ones
 //!    the shard's last inline handshake used, with this connection's CIDs and stateless-reset
 //!    token) and starts a session with them, through the shard's own crypto configuration.
-//!    Reading the ClientHello into that session is the expensive part. It sends back the
-//!    session ([`Prepared`]) and wakes the shard.
+//!    Reading the ClientHello into that session is the expensive part. It then asks the
+//!    session ahead for what quinn-proto will ask next (the first flight and its packet keys,
+//!    the first 1-RTT key update's keys), sends all back ([`Prepared`]) and wakes the shard.
 //! 3. The shard arms its [`ShardCrypto`] with the prepared session and calls `accept`.
 //!    quinn-proto reserves the same CID, builds the transport parameters and asks the crypto
 //!    configuration for a session: if the parameters are the ones the session was prepared
 //!    with (ignoring the random grease parameter and order quinn-proto adds), it gets the
 //!    prepared one, wrapped in a `Replay`. quinn-proto then feeds it the ClientHello, which
-//!    it has already read, and takes the first flight rustls wrote.
+//!    it has already read, and takes the first flight rustls wrote and the keys the worker
+//!    derived.
 //!
 //! Where something does not fit (the worker could not read the Initial, the ClientHello
 //! spans several packets, the parameters differ, the shard's first handshake, which teaches it
@@ -128,11 +130,15 @@ impl crypto::ServerConfig for ShardCrypto {
         if let Some(prepared) = state.armed.take() {
             if prepared.version == version && normalized(params) == Some(prepared.params) {
                 state.used = true;
+                let prepared = *prepared;
                 return Box::new(Replay {
                     inner: prepared.session,
                     read: prepared.read,
                     replayed: 0,
                     outcome: Some(prepared.outcome),
+                    initial_keys: Mutex::new(Some(prepared.initial_keys)),
+                    written: prepared.written,
+                    next_1rtt_keys: prepared.next_1rtt_keys,
                 });
             }
         }
@@ -154,7 +160,8 @@ fn normalized(params: &TransportParameters) -> Option<TransportParameters> {
     TransportParameters::read(Side::Client, &mut &encoded[..]).ok()
 }
 
-/// A session the worker started and fed the ClientHello (or its start).
+/// A session the worker started and fed the ClientHello, and what quinn-proto will ask of it
+/// next, computed ahead.
 pub struct Prepared {
     version: u32,
     /// The transport parameters it was started with, normalized.
@@ -164,6 +171,15 @@ pub struct Prepared {
     read: Vec<u8>,
     /// What reading them returned.
     outcome: Result<bool, TransportError>,
+    /// The server's Initial keys for the destination CID of the client's Initial, which the
+    /// connection's Initial packet space uses.
+    initial_keys: (ConnectionId, Keys),
+    /// What the session wrote once it had read the ClientHello, call by call: each
+    /// `write_handshake`'s handshake bytes and key change, up to the first with neither.
+    written: VecDeque<(Vec<u8>, Option<Keys>)>,
+    /// The keys of the first 1-RTT key update, which quinn-proto takes as soon as it has the
+    /// 1-RTT keys; `None` if the session wrote none.
+    next_1rtt_keys: Option<KeyPair<Box<dyn PacketKey>>>,
 }
 
 /// What the worker made of a job.
@@ -380,12 +396,31 @@ fn prepare(
         // it whole.
         return None;
     }
+    // What quinn-proto asks next, after a ClientHello it read without error: the first flight
+    // and its keys, in calls until one has nothing (`Connection::write_crypto`), and the next
+    // 1-RTT keys, the moment it gets the 1-RTT keys.
+    let mut written = VecDeque::new();
+    let mut next_1rtt_keys = None;
+    if outcome.is_ok() {
+        loop {
+            let mut bytes = Vec::new();
+            let keys = session.write_handshake(&mut bytes);
+            if bytes.is_empty() && keys.is_none() {
+                break;
+            }
+            written.push_back((bytes, keys));
+        }
+        next_1rtt_keys = session.next_1rtt_keys();
+    }
     Some(Prepared {
         version: initial.version,
         params,
         session,
         read: initial.crypto,
         outcome,
+        initial_keys: (initial.dst_cid, initial.keys),
+        written,
+        next_1rtt_keys,
     })
 }
 
@@ -426,10 +461,11 @@ fn server_params(
 }
 
 /// What the worker reads from a client's first Initial packet.
-#[derive(Debug, PartialEq, Eq)]
 struct Initial {
     version: u32,
     dst_cid: ConnectionId,
+    /// The server's Initial keys for `dst_cid`.
+    keys: Keys,
     /// The CRYPTO data from offset 0 on, as far as it is contiguous: the ClientHello, or its
     /// start.
     crypto: Vec<u8>,
@@ -484,6 +520,7 @@ fn open_initial(crypto: &dyn crypto::ServerConfig, datagram: &mut [u8]) -> Optio
         version,
         dst_cid,
         crypto: crypto_prefix(&payload)?,
+        keys,
     })
 }
 
@@ -528,7 +565,8 @@ fn crypto_prefix(mut payload: &[u8]) -> Option<Vec<u8>> {
 
 /// A prepared session as quinn-proto gets it in `accept`: it takes the handshake bytes the
 /// worker already read without reading them again (returning what reading them returned),
-/// and passes everything else to the session.
+/// answers the calls the worker made ahead with their results (see [`Prepared`]), and passes
+/// everything else to the session.
 struct Replay {
     inner: Box<dyn crypto::Session>,
     /// The bytes the session already read.
@@ -537,11 +575,18 @@ struct Replay {
     replayed: usize,
     /// What reading them returned, until quinn-proto has fed them all.
     outcome: Option<Result<bool, TransportError>>,
+    /// Until quinn-proto asks for them (through `&self`, hence the lock, taken once).
+    initial_keys: Mutex<Option<(ConnectionId, Keys)>>,
+    written: VecDeque<(Vec<u8>, Option<Keys>)>,
+    next_1rtt_keys: Option<KeyPair<Box<dyn PacketKey>>>,
 }
 
 impl crypto::Session for Replay {
     fn initial_keys(&self, dst_cid: &ConnectionId, side: Side) -> Keys {
-        self.inner.initial_keys(dst_cid, side)
+        match lock(&self.initial_keys).take() {
+            Some((cid, keys)) if cid == *dst_cid && side == Side::Server => keys,
+            _ => self.inner.initial_keys(dst_cid, side),
+        }
     }
 
     fn handshake_data(&self) -> Option<Box<dyn std::any::Any>> {
@@ -596,11 +641,23 @@ impl crypto::Session for Replay {
     }
 
     fn write_handshake(&mut self, buf: &mut Vec<u8>) -> Option<Keys> {
-        self.inner.write_handshake(buf)
+        if self.replayed < self.read.len() {
+            // Before the whole ClientHello, a session has nothing to write.
+            return None;
+        }
+        match self.written.pop_front() {
+            Some((bytes, keys)) => {
+                buf.extend_from_slice(&bytes);
+                keys
+            }
+            None => self.inner.write_handshake(buf),
+        }
     }
 
     fn next_1rtt_keys(&mut self) -> Option<KeyPair<Box<dyn PacketKey>>> {
-        self.inner.next_1rtt_keys()
+        self.next_1rtt_keys
+            .take()
+            .or_else(|| self.inner.next_1rtt_keys())
     }
 
     fn is_valid_retry(&self, orig_dst_cid: &ConnectionId, header: &[u8], payload: &[u8]) -> bool {
@@ -741,9 +798,9 @@ mod tests {
         let mut corrupt = datagram.clone();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
-        assert_eq!(open_initial(server.crypto.as_ref(), &mut corrupt), None);
+        assert!(open_initial(server.crypto.as_ref(), &mut corrupt).is_none());
         let mut short = datagram;
         short[0] &= 0x7f;
-        assert_eq!(open_initial(server.crypto.as_ref(), &mut short), None);
+        assert!(open_initial(server.crypto.as_ref(), &mut short).is_none());
     }
 }
