@@ -23,7 +23,10 @@
 #   PROBE_CONNS     probe connections (4)
 #   REQUEST_SIZE    probe request (and echo) size in bytes (64)
 #   FLOODERS        flooding `quring load` processes (1)
-#   FLOOD_CONNS     handshakes each flooder keeps in flight (32)
+#   FLOOD_CONNS     handshakes each flooder keeps in flight (32), at most with FLOOD_RATE
+#   FLOOD_RATE      handshakes per second each flooder starts, on a fixed schedule (open
+#                   loop), so that every configuration faces the same flood; empty: as fast
+#                   as the server answers (closed loop; the default)
 #   MAX_HANDSHAKES  the `--max-handshakes` of the `limit` configuration (16)
 #   CONFIGS         server configurations to run, of default, limit, inline (all three)
 #   SERVER_CPUS     `taskset -c` list for the server (0)
@@ -53,6 +56,7 @@ PROBE_CONNS="${PROBE_CONNS:-4}"
 REQUEST_SIZE="${REQUEST_SIZE:-64}"
 FLOODERS="${FLOODERS:-1}"
 FLOOD_CONNS="${FLOOD_CONNS:-32}"
+FLOOD_RATE="${FLOOD_RATE:-}"
 MAX_HANDSHAKES="${MAX_HANDSHAKES:-16}"
 CONFIGS="${CONFIGS:-default limit inline}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
@@ -97,6 +101,11 @@ is_count() { [[ "$1" =~ ^[1-9][0-9]{0,5}$ ]]; }
 for v in RUNS DURATION SHARDS RATE PROBE_CONNS REQUEST_SIZE FLOODERS FLOOD_CONNS MAX_HANDSHAKES; do
     is_count "${!v}" || die "$v '${!v}' is not a whole number from 1"
 done
+flood_rate=()
+if [[ -n "$FLOOD_RATE" ]]; then
+    is_count "$FLOOD_RATE" || die "FLOOD_RATE '$FLOOD_RATE' is not a whole number from 1"
+    flood_rate=(--rate "$FLOOD_RATE")
+fi
 case "$FLOOD_SCHED" in
     idle) flood_sched=(chrt --idle 0) ;;
     nice) flood_sched=(nice -n 19) ;;
@@ -213,6 +222,7 @@ run_case() {
                 timeout -s KILL $((WARMUP + DURATION + 30)) \
                 "$QURING" load "$server_addr" --insecure --new-conn-per-request \
                 --conns "$FLOOD_CONNS" --threads 1 --no-pin --request-size "$REQUEST_SIZE" \
+                "${flood_rate[@]}" \
                 --duration $((WARMUP - PROBE_LEAD + DURATION + 1)) \
                 --json "$log.flood$i.json" >"$log.flood$i" 2>&1 &
             flood_pids+=($!)
@@ -310,7 +320,7 @@ for ((run = 1; run <= RUNS; run++)); do
 done
 settings="medians of $RUNS runs; server: $SHARDS shard(s) on CPUs $SERVER_CPUS; probe: \
 $PROBE_CONNS connections, $RATE requests/s of $REQUEST_SIZE B, ${DURATION} s, on CPUs \
-$PROBE_CPUS; flood: $FLOODERS x $FLOOD_CONNS handshakes in flight on CPUs $FLOOD_CPUS \
-($FLOOD_SCHED); limit: --max-handshakes $MAX_HANDSHAKES; realtime $REALTIME; load average \
+$PROBE_CPUS; flood: $FLOODERS x $FLOOD_CONNS handshakes in flight${FLOOD_RATE:+ at most, $FLOOD_RATE/s each,} on CPUs \
+$FLOOD_CPUS ($FLOOD_SCHED); limit: --max-handshakes $MAX_HANDSHAKES; realtime $REALTIME; load average \
 before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$scratch/report.py" report "$scratch/manifest" "$settings"
