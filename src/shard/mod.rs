@@ -1060,6 +1060,9 @@ impl Shard {
         }
         for (slot, entry) in self.conns.iter_mut().enumerate() {
             if let Some(entry) = entry {
+                // A client's Finished waiting in the lane completes the handshake first, so
+                // that the close goes out in 1-RTT packets with its application code.
+                handle_lane_events(&mut self.lane, entry, slot);
                 entry
                     .conn
                     .close(now, SHUTDOWN_CODE, Bytes::from_static(SHUTDOWN_REASON));
