@@ -732,9 +732,9 @@ impl Shard {
 
     /// Handshake work, after the round's established traffic was driven, one piece at a
     /// time, each followed by driving what it changed: in turn (across rounds too) an event
-    /// from the handshake lane and a queued connection that is ready (its first flight is not
-    /// on the handshake worker) to accept, either when the other kind waits not, until
-    /// neither waits or [`HANDSHAKE_BUDGET`] has passed.
+    /// from the handshake lane and a queued connection ready to accept (its first flight is
+    /// not on the handshake worker), or whichever of the two waits, until neither does or
+    /// [`HANDSHAKE_BUDGET`] has passed.
     ///
     /// A new connection's first flight (key exchange, certificate signature) is most of the
     /// work a handshake costs a server; without a worker `accept` computes it, and even with
