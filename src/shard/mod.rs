@@ -69,8 +69,9 @@ const ACCEPT_QUEUE: usize = 256;
 /// piece of handshake work per round, then more while the round has spent less than this.
 const HANDSHAKE_BUDGET: Duration = Duration::from_micros(20);
 
-/// Events the handshake lane holds at most (see `Shard::lane`). Beyond it, a handshaking
-/// connection's datagram is handled as it arrives, as an established one's is.
+/// Events the handshake lane holds at most (see `Shard::lane`), allocated up front so that the
+/// lane never allocates. Beyond it, a handshaking connection's datagram is handled as it
+/// arrives, as an established one's is.
 const LANE: usize = 256;
 
 /// How long a shard lets its handshake worker go without finishing a job while connections
@@ -402,7 +403,7 @@ impl Shard {
             max_conns: p.max_conns,
             sources: p.sources,
             accept_queue: VecDeque::new(),
-            lane: VecDeque::new(),
+            lane: VecDeque::with_capacity(LANE),
             lane_next: true,
             worker: None,
             handshaking: 0,
