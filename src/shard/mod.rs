@@ -830,20 +830,29 @@ impl Shard {
     }
 
     /// While connections wait for the handshake worker: if it has finished nothing for
-    /// [`WORKER_PATIENCE`], the oldest is taken back to be accepted inline; returns how long
-    /// the shard may wait before it looks again. `None`: nothing waits for the worker.
+    /// [`WORKER_PATIENCE`], the oldest it has not started is taken back to be accepted inline;
+    /// returns how long the shard may wait before it looks again. `None`: nothing waits for it.
     fn check_worker(&mut self) -> Option<Duration> {
         let worker = self.worker.as_mut()?;
-        let waiting = self.accept_queue.iter_mut().find(|q| q.flight.working())?;
+        if !self.accept_queue.iter().any(|q| q.flight.working()) {
+            return None;
+        }
         let stalled = worker.progress.elapsed();
         if stalled < WORKER_PATIENCE {
             return Some(WORKER_PATIENCE - stalled);
         }
-        if let FirstFlight::Working { id, .. } = waiting.flight {
-            worker.handle.take_back(id);
+        // The oldest job the worker has not started (the one it is on stays its own).
+        let taken = self.accept_queue.iter_mut().find(|q| match q.flight {
+            FirstFlight::Working { id, .. } => worker.handle.take_back(id),
+            _ => false,
+        });
+        match taken {
+            Some(queued) => {
+                queued.flight = FirstFlight::Inline;
+                Some(Duration::ZERO)
+            }
+            None => Some(WORKER_PATIENCE),
         }
-        waiting.flight = FirstFlight::Inline;
-        Some(Duration::ZERO)
     }
 
     /// Takes the first flights the handshake worker has finished into the accept queue.

@@ -345,14 +345,19 @@ impl HandshakeWorker {
     }
 
     /// Takes job `id` back if the worker has not started it, for the shard to compute the
-    /// first flight inline. Never waits; a job the worker is on, or one it cannot take back
-    /// this instant, the worker finishes and the shard ignores.
-    pub fn take_back(&self, id: u64) {
-        if let Some(mut jobs) = try_lock(&self.queues.jobs) {
-            if let Some(queue) = jobs.as_mut() {
-                queue.retain(|job| job.id != id);
-            }
-        }
+    /// first flight inline; whether it did. Never waits: a job the worker is on, or one it
+    /// cannot take back this instant, stays the worker's. (Both reading one ClientHello would
+    /// race for its single-use ticket, and the loser would refuse the client's 0-RTT data.)
+    pub fn take_back(&self, id: u64) -> bool {
+        let Some(mut jobs) = try_lock(&self.queues.jobs) else {
+            return false;
+        };
+        let Some(queue) = jobs.as_mut() else {
+            return false;
+        };
+        let before = queue.len();
+        queue.retain(|job| job.id != id);
+        queue.len() < before
     }
 }
 
