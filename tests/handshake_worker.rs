@@ -77,6 +77,7 @@ fn first_flights_are_computed_on_the_worker() {
     let report = aioquic_report(&out);
     assert_eq!(report["connected"], true, "{report}");
     assert_eq!(report["streams_ok"], 2, "{report}");
+    let _ = std::fs::remove_file(cert);
     let stats = wait_stats(&server, DEADLINE, "the aioquic handshake", |s| {
         s.conns_accepted == 11
     });
