@@ -900,19 +900,20 @@ impl Shard {
             self.stats.drop_bad_initial.add(1);
             return;
         }
+        // A refusal is counted before it is sent: a client that reads it finds it counted.
         let full = self.open_total.load(Ordering::Relaxed) >= self.max_conns;
         if full || self.stop.load(Ordering::Acquire) {
-            self.refuse(incoming, socket);
             if full {
                 self.stats.conns_refused.add(1);
             }
+            self.refuse(incoming, socket);
             return;
         }
         let source = incoming.remote_address().ip();
         let counted = match &self.sources {
             Some(limit) if !limit.acquire(source) => {
-                self.refuse(incoming, socket);
                 self.stats.conns_refused_per_source.add(1);
+                self.refuse(incoming, socket);
                 return;
             }
             Some(_) => Some(source),
